@@ -1,0 +1,106 @@
+"""CLI commands that need MindSpore: train, pretrained checkpoint download/convert (evaluation and export join here)."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import replace
+from pathlib import Path
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train (or fine-tune) on a manifest; resumable; runs unchanged under msrun."""
+    from ds2_helpers.config import SpectConfig, model_preset, train_preset
+    from ds2_helpers.dataset import SpeechData
+    from ds2_helpers.train import Trainer, write_run_config
+
+    overrides = {k: v for k, v in {
+        "batch_size": args.batch_size, "epochs": args.epochs, "learning_rate": args.lr, "mode": args.mode,
+        "seed": args.seed, "save_every": args.save_every, "keep_last": args.keep_last,
+        "freeze_conv": args.freeze_conv or None, "freeze_rnn_layers": args.freeze_rnn_layers}.items()
+        if v is not None}
+    train_cfg = train_preset(args.preset, **overrides)
+    model_cfg = model_preset(args.preset)
+    spect = SpectConfig(window=args.window)
+    out = Path(args.out)
+    trainer = Trainer(model_cfg, train_cfg, out, spect=spect,
+                      pretrained=None if args.resume and _has_checkpoint(out) else args.pretrained)
+    if args.resume and trainer.resume():
+        s = trainer.state
+        print(f"resuming at epoch {s.epoch + 1}, step {s.step_in_epoch} of that epoch (global step {s.global_step})")
+    write_run_config(out, model=model_cfg, train=train_cfg, spect=spect)
+    data = SpeechData(args.manifest, spect, max_duration=args.max_duration, limit=args.limit)
+    for msg in data.skipped:
+        print(f"skipped: {msg}")
+    if trainer.rank == 0:
+        print(f"training {args.preset} on {len(data)} utterances ({data.durations.sum() / 3600:.2f} h), "
+              f"batch {train_cfg.batch_size}, {train_cfg.epochs} epoch(s), {train_cfg.mode} mode, "
+              f"rank {trainer.rank}/{trainer.world} -> {out}", flush=True)
+    trainer.fit(data, max_steps=args.max_steps, pad_multiple=args.pad_multiple)
+    if trainer.world > 1:
+        trainer.export_weights(out / f"final.rank{trainer.rank}.ckpt")
+    if trainer.rank == 0:
+        final = trainer.export_weights(args.weights_out or out / "final.ckpt")
+        print(f"weights: {final}")
+    return 0
+
+
+def _has_checkpoint(out: Path) -> bool:
+    from ds2_helpers.checkpoint import checkpoints_in
+
+    return bool(checkpoints_in(out))
+
+
+def cmd_pretrained(args: argparse.Namespace) -> int:
+    """Download the course's DeepSpeech.ckpt, or convert a MindSpore 1.x checkpoint to 2.x names."""
+    from ds2_helpers import checkpoint as ckpt
+
+    if args.action == "download":
+        path = ckpt.download_pretrained(args.out, expected_size=args.expected_size)
+        print(f"downloaded {path} ({path.stat().st_size / 1e6:.1f} MB)")
+        return 0
+    from ds2_helpers.config import model_preset
+    from ds2_helpers.model import DeepSpeech2
+
+    net = DeepSpeech2(model_preset(args.preset))
+    out = ckpt.convert_file(args.checkpoint, args.out, net, gate_order=args.gate_order)
+    print(f"converted {args.checkpoint} -> {out}")
+    return 0
+
+
+def add_commands(sub) -> None:
+    """Register the MindSpore commands on the top-level parser."""
+    p = sub.add_parser("train", help="train or fine-tune DeepSpeech2 (resumable; works under msrun)")
+    p.add_argument("--preset", default="mini", choices=["paper", "mini"])
+    p.add_argument("--manifest", required=True)
+    p.add_argument("--pretrained", help="weights to start from (1.x checkpoints are converted on the fly)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--mode", choices=["graph", "pynative"])
+    p.add_argument("--seed", type=int)
+    p.add_argument("--out", required=True)
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    p.add_argument("--save-every", type=int)
+    p.add_argument("--keep-last", type=int)
+    p.add_argument("--freeze-conv", action="store_true")
+    p.add_argument("--freeze-rnn-layers", type=int)
+    p.add_argument("--max-steps", type=int, help="stop after this many global steps (a short trial)")
+    p.add_argument("--max-duration", type=float, help="skip utterances longer than this (seconds)")
+    p.add_argument("--limit", type=int, help="use only the first N utterances of the manifest")
+    p.add_argument("--pad-multiple", type=int, default=64, help="round padded frames up (fewer graph compiles)")
+    p.add_argument("--window", default="hamming")
+    p.add_argument("--weights-out", help="also write the final weights-only checkpoint here")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("pretrained", help="the course's pretrained DeepSpeech.ckpt")
+    psub = p.add_subparsers(dest="action", required=True)
+    d = psub.add_parser("download", help="download DeepSpeech.ckpt (resumable)")
+    d.add_argument("--out", default="DeepSpeech.ckpt")
+    d.add_argument("--expected-size", type=int)
+    d.set_defaults(func=cmd_pretrained)
+    c = psub.add_parser("convert", help="convert a MindSpore 1.x DeepSpeech2 checkpoint (flat LSTM weights)")
+    c.add_argument("--checkpoint", required=True)
+    c.add_argument("--out", required=True)
+    c.add_argument("--preset", default="paper", choices=["paper", "mini"])
+    c.add_argument("--gate-order", default="ifgo")
+    c.set_defaults(func=cmd_pretrained)

@@ -1,0 +1,129 @@
+"""Configuration dataclasses with named presets (`paper` = the model zoo's DeepSpeech2, `mini` = 2-core size)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
+
+WINDOW_ALIASES = {"hanning": "hann", "hann": "hann", "hamming": "hamming", "blackman": "blackman", "bartlett": "bartlett"}
+
+
+class ParameterError(ValueError):
+    """A configuration value that cannot work, with the fix in the message."""
+
+
+@dataclass(frozen=True)
+class SpectConfig:
+    """One spectrogram config for training *and* evaluation (the model zoo drifted hamming/hanning)."""
+
+    sample_rate: int = 16000
+    window_size: float = 0.02
+    window_stride: float = 0.01
+    window: str = "hamming"
+    normalize: bool = True
+
+    def __post_init__(self) -> None:
+        if self.window.lower() not in WINDOW_ALIASES:
+            raise ParameterError(f"unknown window {self.window!r}; use one of {sorted(WINDOW_ALIASES)}")
+
+    @property
+    def n_fft(self) -> int:
+        """FFT size = window length in samples (320 at 16 kHz / 20 ms)."""
+        return int(round(self.sample_rate * self.window_size))
+
+    @property
+    def hop_length(self) -> int:
+        """Stride in samples (160 at 16 kHz / 10 ms)."""
+        return int(round(self.sample_rate * self.window_stride))
+
+    @property
+    def n_bins(self) -> int:
+        """Frequency bins of the linear spectrogram (161 for the paper config)."""
+        return self.n_fft // 2 + 1
+
+    @property
+    def scipy_window(self) -> str:
+        """Window name SciPy accepts today (`hanning` is gone; it means `hann`)."""
+        return WINDOW_ALIASES[self.window.lower()]
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """DeepSpeech2 shape: two convolutions, a stack of bidirectional RNNs (directions summed), a dense layer."""
+
+    conv_channels: int = 32
+    rnn_type: str = "LSTM"
+    hidden_size: int = 1024
+    hidden_layers: int = 5
+    num_classes: int = 29
+    n_bins: int = 161
+
+    def __post_init__(self) -> None:
+        if self.rnn_type.upper() not in ("LSTM", "GRU"):
+            raise ParameterError(f"rnn_type {self.rnn_type!r}: use 'LSTM' or 'GRU'")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation knobs; defaults follow the model zoo's OptimConfig where it is sound."""
+
+    learning_rate: float = 3e-4
+    learning_anneal: float = 1.1
+    weight_decay: float = 1e-5
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    max_grad_norm: float = 400.0
+    batch_size: int = 20
+    epochs: int = 1
+    mode: str = "graph"
+    sortagrad: bool = True
+    bucket_size: int = 8
+    seed: int = 1234
+    save_every: int = 200
+    keep_last: int = 3
+    freeze_conv: bool = False
+    freeze_rnn_layers: int = 0
+    log_every: int = 1
+
+    def __post_init__(self) -> None:
+        if self.mode.lower() not in ("graph", "pynative"):
+            raise ParameterError(f"mode {self.mode!r}: use 'graph' or 'pynative'")
+
+
+MODEL_PRESETS: dict[str, ModelConfig] = {
+    "paper": ModelConfig(),
+    "mini": ModelConfig(conv_channels=8, hidden_size=192, hidden_layers=2),
+}
+
+TRAIN_PRESETS: dict[str, TrainConfig] = {
+    "paper": TrainConfig(),
+    "mini": TrainConfig(learning_rate=1e-3, learning_anneal=1.05, batch_size=16, save_every=100),
+}
+
+
+def model_preset(name: str, **overrides: Any) -> ModelConfig:
+    """A named model preset with fields overridden (e.g. from a notebook's parameters cell)."""
+    try:
+        return replace(MODEL_PRESETS[name], **overrides)
+    except KeyError:
+        raise ParameterError(f"unknown preset {name!r}; choose from {sorted(MODEL_PRESETS)}") from None
+
+
+def train_preset(name: str, **overrides: Any) -> TrainConfig:
+    """A named training preset with fields overridden."""
+    try:
+        return replace(TRAIN_PRESETS[name], **overrides)
+    except KeyError:
+        raise ParameterError(f"unknown preset {name!r}; choose from {sorted(TRAIN_PRESETS)}") from None
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain dict of a config dataclass (for JSON next to checkpoints)."""
+    return asdict(cfg)
+
+
+def from_dict(cls: type, data: dict[str, Any]):
+    """Rebuild a config dataclass, ignoring unknown keys from newer versions."""
+    names = {f.name for f in fields(cls)}
+    clean = {k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items() if k in names}
+    return cls(**clean)

@@ -1,0 +1,124 @@
+"""From a manifest to padded batches: features (cached or on the fly), length-sorted buckets, rank sharding."""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ds2_helpers.config import SpectConfig
+from ds2_helpers.features import load_audio, n_frames, spectrogram
+from ds2_helpers.labels import BLANK_INDEX, encode
+from ds2_helpers.librispeech import read_manifest
+from ds2_helpers.model import output_lengths
+
+
+@dataclass
+class Batch:
+    """Padded arrays for one step: x [N, 1, bins, T], x_len [N], y [N, S] (blank-padded), y_len [N]."""
+
+    x: np.ndarray
+    x_len: np.ndarray
+    y: np.ndarray
+    y_len: np.ndarray
+    ids: list[str]
+
+    @property
+    def padding_fraction(self) -> float:
+        """Share of the padded frames that carry no audio (the cost of unsorted batches)."""
+        return 1.0 - float(self.x_len.sum()) / float(self.x.shape[0] * self.x.shape[3])
+
+
+class SpeechData:
+    """A manifest's utterances with their labels; features computed on demand and optionally cached."""
+
+    def __init__(self, manifest: str | Path | pd.DataFrame, spect: SpectConfig = SpectConfig(), *,
+                 cache: bool = True, max_duration: float | None = None, limit: int | None = None) -> None:
+        frame = manifest if isinstance(manifest, pd.DataFrame) else read_manifest(manifest)
+        if max_duration:
+            frame = frame[frame.duration <= max_duration]
+        if limit:
+            frame = frame.iloc[:limit]
+        self.spect = spect
+        self.cache = cache
+        self._features: dict[int, np.ndarray] = {}
+        self.skipped: list[str] = []
+        keep = []
+        for i, row in enumerate(frame.itertuples(index=False)):
+            frames = n_frames(int(round(row.duration * spect.sample_rate)), spect)
+            if len(encode(row.transcript)) > int(output_lengths(frames)):
+                self.skipped.append(f"{row.audio_path}: {len(row.transcript)} characters do not fit in "
+                                    f"{int(output_lengths(frames))} output frames (CTC needs one per character)")
+                continue
+            keep.append(i)
+        self.frame = frame.iloc[keep].reset_index(drop=True)
+        self.labels = [np.asarray(encode(t), dtype=np.int32) for t in self.frame.transcript]
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+    @property
+    def durations(self) -> np.ndarray:
+        """Seconds per utterance, in manifest order."""
+        return self.frame.duration.to_numpy()
+
+    def features(self, i: int) -> np.ndarray:
+        """Spectrogram [bins, frames] of utterance i (cached after the first call when `cache`)."""
+        if i in self._features:
+            return self._features[i]
+        feats = spectrogram(load_audio(self.frame.audio_path[i], self.spect.sample_rate), self.spect)
+        if self.cache:
+            self._features[i] = feats
+        return feats
+
+    def batch(self, indices: list[int], *, pad_multiple: int = 1, fixed_frames: int | None = None,
+              label_multiple: int = 1) -> Batch:
+        """Pad a list of utterances into one Batch (frames rounded up to `pad_multiple`, or exactly `fixed_frames`)."""
+        feats = [self.features(i) for i in indices]
+        lengths = np.array([f.shape[1] for f in feats], dtype=np.int32)
+        if fixed_frames:  # the model zoo's scheme: pad or crop everything to one length
+            frames = fixed_frames
+            lengths = np.minimum(lengths, frames)
+        else:
+            frames = int(math.ceil(lengths.max() / pad_multiple) * pad_multiple)
+        x = np.zeros((len(indices), 1, self.spect.n_bins, frames), dtype=np.float32)
+        for k, f in enumerate(feats):
+            x[k, 0, :, : lengths[k]] = f[:, : lengths[k]]
+        labels = [self.labels[i] for i in indices]
+        y_len = np.array([len(l) for l in labels], dtype=np.int32)
+        s = int(math.ceil(max(y_len.max(), 1) / label_multiple) * label_multiple)
+        y = np.full((len(indices), s), BLANK_INDEX, dtype=np.int32)
+        for k, l in enumerate(labels):
+            y[k, : len(l)] = l
+        return Batch(x, lengths, y, y_len, [self.frame.utterance_id[i] for i in indices])
+
+
+def make_batches(durations: np.ndarray, batch_size: int, *, epoch: int = 0, seed: int = 0, order: str = "bucketed",
+                 sortagrad: bool = True, drop_last: bool = False) -> list[list[int]]:
+    """Index lists per step. `bucketed`: sort by length, cut into batches, shuffle the batch order
+    (SortaGrad keeps epoch 0 sorted); `sorted`: always shortest first; `random`: shuffle utterances."""
+    n = len(durations)
+    rng = random.Random(seed * 100_003 + epoch)
+    if order == "random":
+        idx = list(range(n))
+        rng.shuffle(idx)
+    elif order in ("bucketed", "sorted"):
+        idx = sorted(range(n), key=lambda i: (durations[i], i))
+    else:
+        raise ValueError(f"order {order!r}: use 'bucketed', 'sorted' or 'random'")
+    batches = [idx[k: k + batch_size] for k in range(0, n, batch_size)]
+    if drop_last and batches and len(batches[-1]) < batch_size:
+        batches.pop()
+    if order == "bucketed" and not (sortagrad and epoch == 0):
+        rng.shuffle(batches)
+    return batches
+
+
+def shard(batches: list[list[int]], rank: int, world: int) -> list[list[int]]:
+    """Batches for one data-parallel rank: every world-th batch, trimmed so all ranks take the same steps."""
+    steps = len(batches) // world
+    return batches[rank: steps * world: world]

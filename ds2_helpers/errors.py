@@ -1,0 +1,17 @@
+"""The exception types whose message already names the file and the fix (the CLI prints them plainly)."""
+
+from ds2_helpers.config import ParameterError
+from ds2_helpers.download import DownloadError
+from ds2_helpers.espeak import SynthesisError
+from ds2_helpers.features import AudioError
+from ds2_helpers.labels import LabelError
+from ds2_helpers.librispeech import ManifestError
+
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that does not fit the network, listing the parameters and why."""
+
+
+USER_ERRORS: tuple[type[Exception], ...] = (ParameterError, DownloadError, SynthesisError, AudioError, LabelError,
+                                            ManifestError, CheckpointError, FileNotFoundError)

@@ -1,0 +1,164 @@
+"""The embedded mini corpus: synthetic speech in LibriSpeech's own layout, built anywhere pip works."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import scipy.signal
+import soundfile as sf
+
+from ds2_helpers.espeak import Espeak, Voice
+from ds2_helpers.labels import unknown_characters
+
+# Word lists written for this project; together they use every letter A-Z and the apostrophe.
+NAMES = ["JACK", "QUINN", "ZOE", "MAX", "VERA", "KATE", "OLIVER", "JANE", "FELIX", "HAZEL", "VICTOR", "ROSE",
+         "BEN", "LUCY", "WYATT", "GRACE"]
+ADJECTIVES = ["QUICK", "LAZY", "BROWN", "QUIET", "HAPPY", "COLD", "YELLOW", "FUZZY", "EXTRA", "OLD", "YOUNG",
+              "HEAVY", "BRIGHT", "SMALL", "GENTLE", "WICKED", "JOLLY", "VIVID", "DARK", "WARM"]
+NOUNS = ["FOX", "DOG", "BOX", "QUEEN", "JUDGE", "WIZARD", "HORSE", "RIVER", "GARDEN", "WINDOW", "KETTLE",
+         "VIOLIN", "JACKET", "ZEBRA", "LETTER", "MOUNTAIN", "SHIP", "BASKET", "PUZZLE", "CANDLE", "FARMER",
+         "DOCTOR", "TOWER", "BRIDGE"]
+VERBS_PAST = ["JUMPED", "WALKED", "LOOKED", "WAITED", "SLEPT", "SANG", "ROLLED", "DANCED", "FROZE", "WAVED",
+              "KNOCKED", "SQUEEZED", "FIXED", "JOGGED", "VANISHED", "STAYED"]
+VERBS = ["SEE", "FIND", "MOVE", "KEEP", "FIX", "JUDGE", "QUIZ", "BUY", "OPEN", "WASH", "VISIT", "PACK"]
+PREPOSITIONS = ["OVER", "UNDER", "NEAR", "BESIDE", "BEHIND", "INTO", "TOWARD", "ACROSS", "AROUND", "PAST"]
+ADVERBS = ["QUICKLY", "SLOWLY", "QUIETLY", "BRAVELY", "GLADLY", "JUSTLY", "VAGUELY", "EXACTLY", "SOFTLY"]
+PRONOUNS = ["I", "WE", "YOU", "THEY"]
+NEGATIONS = ["DON'T", "CAN'T", "WON'T", "DIDN'T", "SHOULDN'T", "COULDN'T"]
+NUMBERS = ["TWO", "THREE", "FOUR", "FIVE", "SIX", "SEVEN", "EIGHT", "NINE", "TEN", "TWELVE"]
+PLURALS = ["FOXES", "DOGS", "BOXES", "QUEENS", "HORSES", "JACKETS", "ZEBRAS", "LETTERS", "SHIPS", "PUZZLES"]
+TEMPLATES = [
+    "THE {adj} {noun} {vpast} {prep} THE {adj2} {noun2}",
+    "{name}'S {noun} {vpast} {adv}",
+    "{pron} {neg} {verb} THE {adj} {noun}",
+    "{num} {adj} {plural} {vpast} {prep} THE {noun}",
+    "{name} {vpast} {prep} THE {noun} AND {vpast2} {adv}",
+    "IT'S A {adj} {noun} SAID {name}",
+    "{pron} {neg} {verb} {name}'S {noun} {adv}",
+    "WHY DID THE {adj} {noun} {verb} THE {noun2}",
+]
+
+# espeak voices: language x variant; pitch, range and rate vary per speaker.
+LANGUAGES = ["en", "en-us", "en-gb-x-rp", "en-gb-scotland", "en-029", "en-us-nyc", "en-gb-x-gbclan"]
+VARIANTS = ["m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "f4", "f5", "klatt", "klatt2", "john",
+            "ian", "david", "linda", "anika", "steph", "max", "paul", "robert", "aunty"]
+FEMALE_VARIANTS = {"f1", "f2", "f3", "f4", "f5", "linda", "anika", "steph", "aunty"}
+SPLITS = ("train", "dev", "test")
+
+
+@dataclass(frozen=True)
+class Speaker:
+    """A synthetic speaker with a LibriSpeech-style numeric id and one chapter."""
+
+    speaker_id: int
+    chapter_id: int
+    split: str
+    voice: Voice
+
+    @property
+    def sex(self) -> str:
+        """F or M, from the espeak variant, for SPEAKERS.TXT."""
+        return "F" if self.voice.name.split("+")[1] in FEMALE_VARIANTS else "M"
+
+
+def make_sentence(rng: random.Random) -> str:
+    """One sentence from the grammar."""
+    pick = rng.choice
+    return pick(TEMPLATES).format(
+        adj=pick(ADJECTIVES), adj2=pick(ADJECTIVES), noun=pick(NOUNS), noun2=pick(NOUNS), vpast=pick(VERBS_PAST),
+        vpast2=pick(VERBS_PAST), verb=pick(VERBS), prep=pick(PREPOSITIONS), adv=pick(ADVERBS),
+        name=pick(NAMES), pron=pick(PRONOUNS), neg=pick(NEGATIONS), num=pick(NUMBERS), plural=pick(PLURALS))
+
+
+def make_sentences(n: int, rng: random.Random, exclude: set[str] = frozenset()) -> list[str]:
+    """`n` distinct sentences, none of them in `exclude` (keeps test sentences out of train)."""
+    out: list[str] = []
+    seen = set(exclude)
+    for _ in range(n * 1000):
+        if len(out) == n:
+            return out
+        s = make_sentence(rng)
+        if s not in seen:
+            seen.add(s)
+            out.append(s)
+    raise ValueError(f"the grammar could not produce {n} distinct sentences; ask for fewer utterances")
+
+
+def split_sizes(n_speakers: int) -> dict[str, int]:
+    """Speakers per split: about 1/8 each for dev and test (at least one each), the rest train."""
+    if n_speakers < 3:
+        raise ValueError(f"--speakers {n_speakers}: need at least 3 (one each for train, dev and test)")
+    held = max(1, n_speakers // 8)
+    return {"train": n_speakers - 2 * held, "dev": held, "test": held}
+
+
+def make_speakers(n_speakers: int, rng: random.Random) -> list[Speaker]:
+    """Distinct voices (language+variant pairs) with varied pitch, range and rate, assigned to splits."""
+    pairs = [f"{lang}+{var}" for lang in LANGUAGES for var in VARIANTS]
+    if n_speakers > len(pairs):
+        raise ValueError(f"--speakers {n_speakers}: at most {len(pairs)} distinct voices are available")
+    names = rng.sample(pairs, n_speakers)
+    sizes = split_sizes(n_speakers)
+    splits = [s for s in SPLITS for _ in range(sizes[s])]
+    speakers = []
+    for i, (name, split) in enumerate(zip(names, splits)):
+        voice = Voice(name, rate=rng.randint(140, 195), pitch=rng.randint(25, 75), range=rng.randint(30, 80))
+        speakers.append(Speaker(speaker_id=1000 + 37 * i, chapter_id=5000 + 11 * i, split=split, voice=voice))
+    return speakers
+
+
+def to_16k(samples: np.ndarray, sample_rate: int) -> np.ndarray:
+    """Resample espeak's 22,050 Hz int16 output to 16 kHz float32 (polyphase 320/441)."""
+    audio = samples.astype(np.float32) / 32768.0
+    if sample_rate == 16000:
+        return audio
+    if sample_rate != 22050:
+        raise ValueError(f"unexpected espeak sample rate {sample_rate}")
+    return scipy.signal.resample_poly(audio, 320, 441).astype(np.float32)
+
+
+def build_minicorpus(out: str | Path, *, speakers: int = 32, utterances_per_speaker: int = 50, seed: int = 0,
+                     progress: bool = True) -> dict[str, int]:
+    """Synthesise the corpus into `out`/<split>/<speaker>/<chapter>/ with trans.txt files and SPEAKERS.TXT."""
+    from tqdm.auto import tqdm
+
+    out = Path(out)
+    rng = random.Random(seed)
+    spk = make_speakers(speakers, rng)
+    n_test = sum(s.split == "test" for s in spk) * utterances_per_speaker
+    test_sentences = make_sentences(n_test, rng)
+    other = make_sentences((len(spk) * utterances_per_speaker) - n_test, rng, exclude=set(test_sentences))
+    engine = Espeak.get()
+    counts = {s: 0 for s in SPLITS}
+    bar = tqdm(total=len(spk) * utterances_per_speaker, desc="synthesising", unit="utt", disable=not progress)
+    for speaker in spk:
+        pool = test_sentences if speaker.split == "test" else other
+        chapter_dir = out / speaker.split / str(speaker.speaker_id) / str(speaker.chapter_id)
+        chapter_dir.mkdir(parents=True, exist_ok=True)
+        lines = []
+        for u in range(utterances_per_speaker):
+            text = pool.pop()
+            assert not unknown_characters(text), text
+            utt = f"{speaker.speaker_id}-{speaker.chapter_id}-{u:04d}"
+            audio = to_16k(engine.synthesize(text.lower(), speaker.voice), engine.sample_rate)
+            sf.write(str(chapter_dir / f"{utt}.flac"), audio, 16000, subtype="PCM_16", format="FLAC")
+            lines.append(f"{utt} {text}\n")
+            counts[speaker.split] += 1
+            bar.update()
+        (chapter_dir / f"{speaker.speaker_id}-{speaker.chapter_id}.trans.txt").write_text("".join(lines))
+    bar.close()
+    write_speakers_txt(out / "SPEAKERS.TXT", spk, utterances_per_speaker)
+    return counts
+
+
+def write_speakers_txt(path: Path, speakers: list[Speaker], utterances: int) -> None:
+    """SPEAKERS.TXT in LibriSpeech's pipe-separated format, naming each synthetic voice."""
+    rows = [";ID  |SEX| SUBSET | UTTERANCES | NAME (espeak voice, rate, pitch, range)"]
+    for s in speakers:
+        v = s.voice
+        rows.append(f"{s.speaker_id:<5}| {s.sex} | {s.split:<6} | {utterances:<10} | "
+                    f"{v.name} rate={v.rate} pitch={v.pitch} range={v.range}")
+    path.write_text("\n".join(rows) + "\n")
