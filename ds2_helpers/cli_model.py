@@ -67,6 +67,46 @@ def cmd_pretrained(args: argparse.Namespace) -> int:
     return 0
 
 
+def load_model(checkpoint: str, preset: str | None = None):
+    """A network in inference mode with a checkpoint's weights; the preset comes from the file when it knows it."""
+    import mindspore as ms
+
+    from ds2_helpers import checkpoint as ckpt
+    from ds2_helpers.config import ModelConfig, SpectConfig, from_dict, model_preset
+    from ds2_helpers.model import DeepSpeech2
+
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    _, meta = ckpt.read(checkpoint)
+    cfg = model_preset(preset) if preset else from_dict(ModelConfig, meta["model"]) if "model" in meta else \
+        model_preset("paper")
+    spect = from_dict(SpectConfig, meta["spect"]) if "spect" in meta else SpectConfig()
+    net = DeepSpeech2(cfg)
+    ckpt.load_into(net, checkpoint)
+    net.set_train(False)
+    return net, spect
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """WER/CER of a checkpoint over a manifest; per-utterance CSV and JSON summary in --out."""
+    import json
+
+    from ds2_helpers.dataset import SpeechData
+    from ds2_helpers.evaluate import evaluate
+
+    net, spect = load_model(args.checkpoint, args.preset)
+    data = SpeechData(args.manifest, spect, limit=args.limit)
+    results, summary = evaluate(net, data, batch_size=args.batch_size, progress=True)
+    summary.update(checkpoint=str(args.checkpoint), manifest=str(args.manifest), decoder="greedy")
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        results.to_csv(out / "results.csv", index=False)
+        (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    print(f"WER {summary['wer']:.4f}  CER {summary['cer']:.4f}  (zoo-style CER {summary['cer_zoo']:.4f})  "
+          f"{summary['utterances']} utterances, {summary['audio_seconds'] / 60:.1f} min audio, RTF {summary['rtf']:.3f}")
+    return 0
+
+
 def add_commands(sub) -> None:
     """Register the MindSpore commands on the top-level parser."""
     p = sub.add_parser("train", help="train or fine-tune DeepSpeech2 (resumable; works under msrun)")
@@ -91,6 +131,15 @@ def add_commands(sub) -> None:
     p.add_argument("--window", default="hamming")
     p.add_argument("--weights-out", help="also write the final weights-only checkpoint here")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="WER/CER of a checkpoint over a manifest")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--manifest", required=True)
+    p.add_argument("--preset", choices=["paper", "mini"], help="only for checkpoints that do not record it")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--limit", type=int)
+    p.add_argument("--out")
+    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("pretrained", help="the course's pretrained DeepSpeech.ckpt")
     psub = p.add_subparsers(dest="action", required=True)

@@ -233,3 +233,42 @@ def freeze(net: DeepSpeech2, *, conv: bool = False, rnn_layers: int = 0) -> list
             p.requires_grad = False
             frozen.append(p.name)
     return frozen
+
+
+def architecture_table(cfg: ModelConfig, frames_per_second: int = 100):
+    """One row per layer: output shape for one second of audio, parameters, forward GFLOPs per audio second.
+
+    FLOPs count multiply-adds twice (dense convolution arithmetic, LSTM gate matmuls both directions);
+    element-wise work is left out. Training costs about 3x the forward pass (forward + 2 for backward).
+    """
+    import pandas as pd
+
+    t1 = output_lengths(frames_per_second)
+    f1 = conv_out(cfg.n_bins, CONV1["kernel"][0], CONV1["stride"][0], CONV1["padding"][0])
+    f2 = conv_out(f1, CONV2["kernel"][0], CONV2["stride"][0], CONV2["padding"][0])
+    c = cfg.conv_channels
+    k1, k2 = np.prod(CONV1["kernel"]), np.prod(CONV2["kernel"])
+    rows = [
+        ("input spectrogram", f"1 x {cfg.n_bins} x {frames_per_second}", 0, 0.0),
+        ("conv1 41x11 /(2,2) + BN + tanh", f"{c} x {f1} x {t1}", c * k1 + 2 * c, 2.0 * c * k1 * f1 * t1),
+        ("conv2 21x11 /(2,1) + BN + tanh", f"{c} x {f2} x {t1}", c * c * k2 + 2 * c, 2.0 * c * c * k2 * f2 * t1),
+    ]
+    gates = 4 if cfg.rnn_type.upper() == "LSTM" else 3
+    size = rnn_input_size(cfg)
+    for layer in range(cfg.hidden_layers):
+        h = cfg.hidden_size
+        params = 2 * (gates * h * (size + h) + 2 * gates * h)
+        rows.append((f"Bi{cfg.rnn_type.upper()} {layer + 1} ({size} -> {h}, directions summed)", f"{t1} x {h}",
+                     params, 2.0 * 2 * gates * h * (size + h) * t1))
+        size = h
+    rows.append((f"dense {cfg.hidden_size} -> {cfg.num_classes} (no bias)", f"{t1} x {cfg.num_classes}",
+                 cfg.hidden_size * cfg.num_classes, 2.0 * cfg.hidden_size * cfg.num_classes * t1))
+    table = pd.DataFrame(rows, columns=["layer", "output per second of audio", "parameters", "forward GFLOP/s-audio"])
+    table["forward GFLOP/s-audio"] /= 1e9
+    table["share of FLOPs"] = table["forward GFLOP/s-audio"] / table["forward GFLOP/s-audio"].sum()
+    return table
+
+
+def training_flops_per_audio_second(cfg: ModelConfig) -> float:
+    """Approximate training FLOPs (forward + backward = 3x forward) for one second of audio."""
+    return 3e9 * float(architecture_table(cfg)["forward GFLOP/s-audio"].sum())

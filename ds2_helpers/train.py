@@ -148,6 +148,15 @@ class Trainer:
                 out.append({"name": p.name, "data": p})
         return out
 
+    def sync_batchnorm_stats(self) -> None:
+        """Average BatchNorm moving statistics over ranks (gradients are averaged every step, these are not)."""
+        if self.world <= 1:
+            return
+        allreduce = ops.AllReduce(ops.ReduceOp.SUM)
+        for p in self.net.get_parameters():
+            if "moving_" in p.name:
+                p.set_data(allreduce(p.value()) / self.world)
+
     def save(self, path: str | Path | None = None) -> Path:
         """Atomic checkpoint with weights, Adam state and TrainState; prunes to the last k."""
         path = Path(path) if path else self.out / f"ds2-step{self.state.global_step:07d}.ckpt"
@@ -223,6 +232,7 @@ class Trainer:
                 for k in range(self.state.step_in_epoch, len(batches)):
                     if max_steps is not None and self.state.global_step >= max_steps:
                         bar.close()
+                        self.sync_batchnorm_stats()
                         return self.state
                     batch = data.batch(batches[k], pad_multiple=pad_multiple, label_multiple=label_multiple,
                                        fixed_frames=fixed_frames)
@@ -252,6 +262,7 @@ class Trainer:
                 bar.close()
                 self.state.epoch += 1
                 self.state.step_in_epoch = 0
+                self.sync_batchnorm_stats()  # every rank reaches this point, so the all-reduce cannot hang
                 if self.rank == 0:
                     self.save()
         finally:

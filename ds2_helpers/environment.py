@@ -1,0 +1,80 @@
+"""What notebook 00 checks: Python, pinned packages, cores and threads, a MindSpore run, espeak-ng."""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import os
+import platform
+import re
+import sys
+import time
+
+from ds2_helpers.paths import repo_path
+
+
+def pinned_requirements() -> dict[str, str]:
+    """name -> version from pyproject.toml's `name==version` dependencies."""
+    text = repo_path("pyproject.toml").read_text()
+    block = text.split("dependencies = [", 1)[1].split("]", 1)[0]
+    return dict(re.findall(r'"([A-Za-z0-9_.\-]+)==([^"]+)"', block))
+
+
+def package_report():
+    """A table of each pinned package: wanted, installed, and the fix when they differ."""
+    import pandas as pd
+
+    rows = []
+    for name, wanted in pinned_requirements().items():
+        try:
+            have = md.version(name)
+        except md.PackageNotFoundError:
+            have = None
+        ok = have == wanted
+        rows.append({"package": name, "pinned": wanted, "installed": have or "missing", "ok": ok,
+                     "fix": "" if ok else f"pip install '{name}=={wanted}'  (or: make venv)"})
+    return pd.DataFrame(rows)
+
+
+def machine_report() -> dict[str, object]:
+    """Python, OS, cores usable by this process, thread settings that change speed."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {"python": sys.version.split()[0], "platform": platform.platform(), "machine": platform.machine(),
+            "cores (usable)": cores, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "(unset)"),
+            "memory (GiB)": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)}
+
+
+def mindspore_check() -> dict[str, object]:
+    """Compile and run a tiny gradient step on the CPU, in Graph and PyNative mode; report the time."""
+    import mindspore as ms
+    import numpy as np
+    from mindspore import nn, ops
+
+    out = {"mindspore": ms.__version__, "numpy": np.__version__}
+    if int(np.__version__.split(".")[0]) >= 2:
+        out["problem"] = "NumPy 2 breaks MindSpore 2.10 ('compiled using NumPy 1.x'): pip install 'numpy<2'"
+        return out
+    for mode, name in ((ms.PYNATIVE_MODE, "pynative"), (ms.GRAPH_MODE, "graph")):
+        ms.set_context(mode=mode)
+        net = nn.Dense(8, 2)
+
+        def loss_fn(x):
+            return ops.sum(net(x) ** 2)
+
+        grad = ms.value_and_grad(loss_fn, None, net.trainable_params())
+        step = ms.jit(grad) if name == "graph" else grad
+        x = ms.Tensor(np.ones((4, 8), np.float32))
+        t0 = time.perf_counter()
+        loss, grads = step(x)
+        out[f"{name} step (s)"] = round(time.perf_counter() - t0, 3)
+        out[f"{name} ok"] = bool(np.isfinite(loss.asnumpy())) and len(grads) == 2
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    return out
+
+
+def espeak_check() -> dict[str, object]:
+    """Synthesise one word to prove the mini corpus can be built here."""
+    from ds2_helpers.espeak import Espeak, Voice
+
+    engine = Espeak.get()
+    audio = engine.synthesize("hello", Voice("en+f2"))
+    return {"espeak sample rate": engine.sample_rate, "seconds for 'hello'": round(len(audio) / engine.sample_rate, 2)}

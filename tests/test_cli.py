@@ -1,0 +1,49 @@
+"""The command line runs each long job and prints errors with the fix, not a traceback."""
+
+import json
+import subprocess
+import sys
+
+import pandas as pd
+
+
+def cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "ds2_helpers", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, timeout=900)
+
+
+def test_minicorpus_and_manifest_commands(tmp_path):
+    run = cli("minicorpus", "--out", tmp_path / "c", "--speakers", "3", "--utterances-per-speaker", "2", "--quiet")
+    assert run.returncode == 0, run.stderr
+    assert "train: 2 utterances" in run.stdout and (tmp_path / "c" / "test.csv").exists()
+    run = cli("manifest", "--root", tmp_path / "c", "--subset", "dev", "--out", tmp_path / "dev.csv",
+              "--zoo-csv", tmp_path / "zoo.csv", "--quiet")
+    assert run.returncode == 0, run.stderr
+    assert len(pd.read_csv(tmp_path / "dev.csv")) == 2 and len((tmp_path / "zoo.csv").read_text().splitlines()) == 2
+
+
+def test_errors_name_the_fix_without_a_traceback(tmp_path):
+    run = cli("manifest", "--root", tmp_path, "--subset", "dev-clean", "--out", tmp_path / "x.csv")
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    assert "librispeech download --subset dev-clean" in run.stderr
+    run = cli("evaluate", "--checkpoint", tmp_path / "none.ckpt", "--manifest", tmp_path / "x.csv")
+    assert run.returncode == 2 and "no such checkpoint" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_train_resume_and_evaluate(tiny_corpus, tmp_path):
+    out = tmp_path / "run"
+    args = ["train", "--preset", "mini", "--manifest", tiny_corpus / "train.csv", "--batch-size", "4",
+            "--mode", "pynative", "--save-every", "2", "--out", out]
+    run = cli(*args, "--max-steps", "2")
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "step 2/9 (global 2) loss" in run.stdout and (out / "ds2-step0000002.ckpt").exists()
+    run = cli(*args, "--max-steps", "3", "--resume")
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "resuming at epoch 1, step 2" in run.stdout and "(global 3)" in run.stdout
+    assert json.loads((out / "config.json").read_text())["model"]["hidden_size"] == 192
+    run = cli("evaluate", "--checkpoint", out / "final.ckpt", "--manifest", tiny_corpus / "test.csv",
+              "--out", tmp_path / "eval")
+    assert run.returncode == 0, run.stderr[-2000:]
+    summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
+    assert summary["utterances"] == 6 and 0 <= summary["cer"] and summary["rtf"] > 0
+    assert len(pd.read_csv(tmp_path / "eval" / "results.csv")) == 6

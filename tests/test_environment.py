@@ -1,0 +1,31 @@
+"""environment.yml and pyproject.toml must pin the same versions; the environment checks must work."""
+
+import re
+
+from ds2_helpers import environment
+from ds2_helpers.paths import repo_path
+
+
+def environment_yml_pins() -> dict[str, str]:
+    text = repo_path("environment.yml").read_text()
+    return dict(re.findall(r"^\s*-\s*([A-Za-z0-9_.\-]+)==(\S+)\s*$", text, flags=re.M))
+
+
+def test_environment_yml_matches_pyproject():
+    pyproject = environment.pinned_requirements()
+    assert {"mindspore", "numpy", "jupyterlab", "librosa", "espeakng-loader", "nbmake", "jiwer"} <= set(pyproject)
+    assert pyproject["mindspore"] == "2.10.0" and pyproject["numpy"].startswith("1.")
+    assert environment_yml_pins() == pyproject
+    assert re.search(r"^\s*-\s*python=3\.11\s*$", repo_path("environment.yml").read_text(), flags=re.M)
+
+
+def test_installed_packages_match_the_pins():
+    report = environment.package_report()
+    assert report.ok.all(), report[~report.ok].to_string()
+
+
+def test_mindspore_and_espeak_run_here():
+    ms = environment.mindspore_check()
+    assert ms["graph ok"] and ms["pynative ok"] and "problem" not in ms
+    assert environment.espeak_check()["espeak sample rate"] == 22050
+    assert environment.machine_report()["cores (usable)"] >= 1
