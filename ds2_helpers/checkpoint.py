@@ -36,6 +36,7 @@ def save(path: str | Path, params: list[dict], meta: dict | None = None) -> Path
     tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.ckpt")
     append = {"ds2_meta": json.dumps(meta or {})}
     ms.save_checkpoint(params, str(tmp), append_dict=append)
+    os.chmod(tmp, 0o644)  # MindSpore writes owner-read-only files; keep them replaceable and shareable
     os.replace(tmp, path)
     return path
 
