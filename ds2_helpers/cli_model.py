@@ -95,8 +95,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     net, spect = load_model(args.checkpoint, args.preset)
     data = SpeechData(args.manifest, spect, limit=args.limit)
-    results, summary = evaluate(net, data, batch_size=args.batch_size, progress=True)
-    summary.update(checkpoint=str(args.checkpoint), manifest=str(args.manifest), decoder="greedy")
+    results, summary = evaluate(net, data, batch_size=args.batch_size, progress=True, decoder=args.decoder,
+                                beam_width=args.beam_width, lm_path=args.lm)
+    summary.update(checkpoint=str(args.checkpoint), manifest=str(args.manifest), decoder=args.decoder)
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
@@ -105,6 +106,37 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(f"WER {summary['wer']:.4f}  CER {summary['cer']:.4f}  (zoo-style CER {summary['cer_zoo']:.4f})  "
           f"{summary['utterances']} utterances, {summary['audio_seconds'] / 60:.1f} min audio, RTF {summary['rtf']:.3f}")
     return 0
+
+
+def cmd_transcribe(args: argparse.Namespace) -> int:
+    """Print a transcript per audio file (WAV, FLAC, ... at any sample rate)."""
+    from ds2_helpers.evaluate import transcribe
+
+    net, spect = load_model(args.checkpoint, args.preset)
+    for path, text in zip(args.audio, transcribe(net, args.audio, spect, decoder=args.decoder)):
+        print(f"{path}\t{text}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Export the inference network to MindIR (fixed frames, padded) and check it against the checkpoint."""
+    import numpy as np
+
+    from ds2_helpers.config import to_dict
+    from ds2_helpers.export import ExportedModel, checkpoint_log_probs, export_mindir, export_onnx
+
+    net, spect = load_model(args.checkpoint, args.preset)
+    if args.format == "ONNX":
+        ok, message = export_onnx(net, args.out, frames=args.frames)
+        print(f"ONNX: {'written ' + message if ok else 'MindSpore refused: ' + message}")
+        return 0 if ok else 1
+    path = export_mindir(net, args.out, frames=args.frames, spect=to_dict(spect))
+    rng = np.random.default_rng(0)
+    spect_in = rng.standard_normal((net.cfg.n_bins, min(args.frames, 300))).astype(np.float32)
+    diff = float(np.abs(ExportedModel(path)(spect_in) - checkpoint_log_probs(net, spect_in)).max())
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB) for inputs up to {args.frames} frames "
+          f"({args.frames / 100:.0f} s); max |difference| to the checkpoint on a test input: {diff:.2e}")
+    return 0 if diff < 1e-4 else 1
 
 
 def add_commands(sub) -> None:
@@ -138,8 +170,26 @@ def add_commands(sub) -> None:
     p.add_argument("--preset", choices=["paper", "mini"], help="only for checkpoints that do not record it")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--limit", type=int)
+    p.add_argument("--decoder", choices=["greedy", "beam"], default="greedy")
+    p.add_argument("--beam-width", type=int, default=32)
+    p.add_argument("--lm", help="KenLM/ARPA language model for beam search (needs the kenlm package)")
     p.add_argument("--out")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("transcribe", help="transcribe audio files with a checkpoint")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--preset", choices=["paper", "mini"])
+    p.add_argument("--decoder", choices=["greedy", "beam"], default="greedy")
+    p.add_argument("audio", nargs="+")
+    p.set_defaults(func=cmd_transcribe)
+
+    p = sub.add_parser("export", help="export to MindIR (checked against the checkpoint) or try ONNX")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--preset", choices=["paper", "mini"])
+    p.add_argument("--format", choices=["MINDIR", "ONNX"], default="MINDIR")
+    p.add_argument("--frames", type=int, default=3000, help="fixed input length (frames of 10 ms; inputs are padded)")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("pretrained", help="the course's pretrained DeepSpeech.ckpt")
     psub = p.add_subparsers(dest="action", required=True)

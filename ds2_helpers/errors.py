@@ -13,5 +13,14 @@ class CheckpointError(ValueError):
     """A checkpoint that does not fit the network, listing the parameters and why."""
 
 
+class DecoderError(RuntimeError):
+    """A decoder that cannot be built here, with what to install or pass instead."""
+
+
+class ExportError(RuntimeError):
+    """An export or an exported-model run that cannot work, with the reason."""
+
+
 USER_ERRORS: tuple[type[Exception], ...] = (ParameterError, DownloadError, SynthesisError, AudioError, LabelError,
-                                            ManifestError, CheckpointError, FileNotFoundError)
+                                            ManifestError, CheckpointError, DecoderError, ExportError,
+                                            FileNotFoundError)

@@ -26,8 +26,7 @@ METRIC_FIELDS = ["step", "epoch", "loss", "lr", "utterances", "audio_seconds", "
 
 def set_mode(mode: str) -> None:
     """Graph (compiled, faster) or PyNative (eager, easier to debug) on the CPU."""
-    ms.set_context(mode=ms.GRAPH_MODE if mode.lower() == "graph" else ms.PYNATIVE_MODE)
-    ms.set_device("CPU")
+    ms.set_context(mode=ms.GRAPH_MODE if mode.lower() == "graph" else ms.PYNATIVE_MODE)  # CPU: the wheel's device
 
 
 def set_seed(seed: int) -> None:

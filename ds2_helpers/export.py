@@ -1,0 +1,126 @@
+"""Export to MindIR (fixed input length, padded), reload with nn.GraphCell, and check parity; ONNX attempted.
+
+MindSpore 2.10 cannot export this network with a dynamic time axis: shape inference of ReverseSequence
+(used so each LSTM direction starts at an utterance's true end) fails with an unknown batch size. So the
+export fixes the input to `frames` spectrogram frames (default 3000 = 30 s) and the caller pads; padding
+never changes the result because the network masks everything past the true length.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import mindspore as ms
+import numpy as np
+from mindspore import nn, ops
+
+
+from ds2_helpers.errors import ExportError
+from ds2_helpers.model import DeepSpeech2
+
+
+class InferenceNet(nn.Cell):
+    """What gets exported: spectrogram [1, 1, bins, frames] + length [1] -> log-probs [T', 1, 29], length [1]."""
+
+    def __init__(self, net: DeepSpeech2) -> None:
+        super().__init__(auto_prefix=False)
+        self.net = net
+
+    def construct(self, x, lengths):
+        logits, out_len = self.net(x, lengths)
+        return ops.log_softmax(logits, -1), out_len
+
+
+def sidecar(path: str | Path) -> Path:
+    """`model.mindir.json`: what a deployment needs besides the graph (input frames, spectrogram, labels)."""
+    return Path(str(path) + ".json")
+
+
+def export_mindir(net: DeepSpeech2, out: str | Path, *, frames: int = 3000, spect: dict | None = None) -> Path:
+    """Write `out` (.mindir) for inputs of exactly `frames` frames, plus its JSON sidecar; returns the path."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stem = out.with_suffix("") if out.suffix == ".mindir" else out
+    infer = InferenceNet(net)
+    infer.set_train(False)
+    x = ms.Tensor(np.zeros((1, 1, net.cfg.n_bins, frames), np.float32))
+    lengths = ms.Tensor(np.array([frames], np.int32))
+    ms.export(infer, x, lengths, file_name=str(stem), file_format="MINDIR")
+    path = Path(str(stem) + ".mindir")
+    os.chmod(path, 0o644)
+    from ds2_helpers.labels import LABELS
+
+    sidecar(path).write_text(json.dumps({"frames": frames, "n_bins": net.cfg.n_bins, "spect": spect or {},
+                                         "labels": list(LABELS), "outputs": "log_probs [T', 1, 29], lengths [1]"},
+                                        indent=2))
+    return path
+
+
+def export_onnx(net: DeepSpeech2, out: str | Path, *, frames: int = 3000) -> tuple[bool, str]:
+    """Try ONNX export; returns (True, path) or (False, MindSpore's own first line of refusal)."""
+    infer = InferenceNet(net)
+    infer.set_train(False)
+    x = ms.Tensor(np.zeros((1, 1, net.cfg.n_bins, frames), np.float32))
+    lengths = ms.Tensor(np.array([frames], np.int32))
+    stem = Path(out).with_suffix("")
+    try:
+        ms.export(infer, x, lengths, file_name=str(stem), file_format="ONNX")
+    except Exception as exc:  # noqa: BLE001 - we report whatever MindSpore says
+        return False, str(exc).strip().splitlines()[0]
+    return True, str(stem) + ".onnx"
+
+
+class ExportedModel:
+    """A reloaded MindIR (nn.GraphCell) with the padding its fixed input length needs."""
+
+    def __init__(self, path: str | Path, frames: int | None = None) -> None:
+        path = Path(path)
+        if not path.exists():
+            raise ExportError(f"{path}: no such MindIR; create it with `python -m ds2_helpers export`")
+        self.path = path
+        self.meta = json.loads(sidecar(path).read_text()) if sidecar(path).exists() else {}
+        self.frames = frames or self.meta.get("frames")
+        if self.frames is None:
+            raise ExportError(f"{path}: no {sidecar(path).name} beside it; pass the exported input frames")
+        self.graph = nn.GraphCell(ms.load(str(path)))
+
+    def __call__(self, spect: np.ndarray) -> np.ndarray:
+        """Log-probs [T', 29] for one spectrogram [bins, T] (T at most the exported frames)."""
+        frames = self.frames
+        if spect.shape[1] > frames:
+            raise ExportError(f"{spect.shape[1]} frames ({spect.shape[1] / 100:.1f} s) exceed the {frames} frames "
+                              f"{self.path.name} was exported for: export again with --frames {spect.shape[1]}")
+        x = np.zeros((1, 1, spect.shape[0], frames), np.float32)
+        x[0, 0, :, : spect.shape[1]] = spect
+        log_probs, out_len = self.graph(ms.Tensor(x), ms.Tensor(np.array([spect.shape[1]], np.int32)))
+        return log_probs.asnumpy()[: int(out_len.asnumpy()[0]), 0]
+
+
+def checkpoint_log_probs(net: DeepSpeech2, spect: np.ndarray) -> np.ndarray:
+    """The same computation from the checkpoint network, unpadded, in PyNative mode: the parity reference."""
+    net.set_train(False)
+    logits, out_len = net(ms.Tensor(spect[None, None]), ms.Tensor(np.array([spect.shape[1]], np.int32)))
+    return ops.log_softmax(logits, -1).asnumpy()[: int(out_len.asnumpy()[0]), 0]
+
+
+def file_sizes(*paths: str | Path) -> dict[str, float]:
+    """MB per file, for the notebook's size table."""
+    return {Path(p).name: round(Path(p).stat().st_size / 1e6, 2) for p in paths}
+
+
+
+
+def try_dynamic_export(net: DeepSpeech2, out: str | Path) -> tuple[bool, str]:
+    """Attempt a MindIR with a dynamic time axis; (True, path) or (False, MindSpore's first line of refusal)."""
+    infer = InferenceNet(net)
+    infer.set_train(False)
+    x = ms.Tensor(shape=[1, 1, net.cfg.n_bins, None], dtype=ms.float32)
+    lengths = ms.Tensor(shape=[1], dtype=ms.int32)
+    stem = Path(out).with_suffix("")
+    try:
+        ms.export(infer, x, lengths, file_name=str(stem), file_format="MINDIR")
+    except Exception as exc:  # noqa: BLE001 - we report whatever MindSpore says
+        return False, str(exc).strip().splitlines()[0]
+    return True, str(stem) + ".mindir"
