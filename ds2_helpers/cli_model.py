@@ -139,6 +139,29 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0 if diff < 1e-4 else 1
 
 
+def cmd_bench_one(args: argparse.Namespace) -> int:
+    """Child process of `bench`: time one configuration and print its result as one JSON line."""
+    import json
+
+    from ds2_helpers.bench import BenchConfig, run_one
+
+    cfg = BenchConfig(**json.loads(args.config))
+    print(json.dumps(run_one(cfg, steps=args.steps, warmup=args.warmup)), flush=True)
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Measure the speed experiments side by side; JSON, CSV and a bar chart in --out."""
+    from ds2_helpers.bench import Suite, write_results
+    from ds2_helpers.experiments import experiments
+
+    configs = experiments(quick=args.quick, only=args.only)
+    suite = Suite(configs, steps=args.steps or (2 if args.quick else 3), warmup=1)
+    files = write_results(suite.run(), args.out)
+    print("wrote", ", ".join(str(p) for p in files.values()))
+    return 0
+
+
 def add_commands(sub) -> None:
     """Register the MindSpore commands on the top-level parser."""
     p = sub.add_parser("train", help="train or fine-tune DeepSpeech2 (resumable; works under msrun)")
@@ -190,6 +213,18 @@ def add_commands(sub) -> None:
     p.add_argument("--frames", type=int, default=3000, help="fixed input length (frames of 10 ms; inputs are padded)")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("bench", help="time training configurations side by side (notebook 07)")
+    p.add_argument("--quick", action="store_true", help="small shapes, few steps (CI)")
+    p.add_argument("--only", nargs="*", help="run only experiments whose name contains one of these words")
+    p.add_argument("--steps", type=int)
+    p.add_argument("--out", default="runs/bench")
+    p.set_defaults(func=cmd_bench)
+    p = sub.add_parser("bench-one", help=argparse.SUPPRESS)
+    p.add_argument("config")
+    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=1)
+    p.set_defaults(func=cmd_bench_one)
 
     p = sub.add_parser("pretrained", help="the course's pretrained DeepSpeech.ckpt")
     psub = p.add_subparsers(dest="action", required=True)

@@ -122,3 +122,10 @@ def shard(batches: list[list[int]], rank: int, world: int) -> list[list[int]]:
     """Batches for one data-parallel rank: every world-th batch, trimmed so all ranks take the same steps."""
     steps = len(batches) // world
     return batches[rank: steps * world: world]
+
+
+def padding_waste(durations: np.ndarray, batch_size: int, order: str, seed: int = 0) -> float:
+    """Share of padded frames over an epoch when batching `durations` in `order` ('sorted' or 'random')."""
+    batches = make_batches(np.asarray(durations), batch_size, order=order, seed=seed, epoch=1, sortagrad=False)
+    padded = sum(len(b) * max(durations[i] for i in b) for b in batches)
+    return 1.0 - float(np.sum(durations)) / padded

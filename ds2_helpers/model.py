@@ -80,7 +80,7 @@ class MatmulConv(nn.Cell):
     def construct(self, x):
         n, t, _ = x.shape
         flat = ops.concat((self.weight.reshape(-1), ops.zeros(1, self.weight.dtype)))
-        mats = ops.gather(flat, self.index, 0)  # [kt, c_in*f_in, c_out*f_out]
+        mats = ops.gather(flat, self.index, 0).astype(x.dtype)  # [kt, c_in*f_in, c_out*f_out]
         x = ops.pad(x, (0, 0, self.pad_t, self.pad_t))
         t_out = (t + 2 * self.pad_t - self.kt) // self.stride_t + 1
         span = self.stride_t * (t_out - 1) + 1

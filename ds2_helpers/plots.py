@@ -109,28 +109,51 @@ class LiveLossPlot:
             self.handle.update(self.fig)
 
 
+def figure_png(fig) -> bytes:
+    """A matplotlib figure as PNG bytes (for image widgets), closing it."""
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def wav_bytes(audio: np.ndarray, sample_rate: int) -> bytes:
+    """16-bit WAV bytes of a signal (for audio widgets)."""
+    import io
+
+    import soundfile as sf
+
+    buf = io.BytesIO()
+    sf.write(buf, audio, sample_rate, format="WAV", subtype="PCM_16")
+    return buf.getvalue()
+
+
 def utterance_browser(manifest: pd.DataFrame, cfg: SpectConfig = SpectConfig()):
-    """Pick an utterance, see its transcript and spectrogram, and listen to it (ipywidgets)."""
+    """Pick an utterance, see its transcript and spectrogram, and listen to it (ipywidgets).
+
+    Built from value widgets only (no Output capture), which headless runners execute reliably.
+    """
     import ipywidgets as widgets
-    from IPython.display import Audio, display
 
     options = [(f"{r.utterance_id} ({r.duration:.1f}s) {r.transcript[:40]}", i)
                for i, r in enumerate(manifest.itertuples(index=False))]
     picker = widgets.Dropdown(options=options, description="utterance", layout=widgets.Layout(width="90%"))
-    out = widgets.Output()
+    text = widgets.HTML()
+    player = widgets.Audio(format="wav", autoplay=False, loop=False)
+    image = widgets.Image(format="png")
 
     def show(change=None) -> None:
         row = manifest.iloc[picker.value]
         audio = load_audio(row.audio_path, cfg.sample_rate)
-        with out:
-            out.clear_output(wait=True)
-            print(row.transcript)
-            display(Audio(audio, rate=cfg.sample_rate))
-            fig, ax = plt.subplots(figsize=(9, 2.5))
-            ax.imshow(spectrogram(audio, cfg), origin="lower", aspect="auto")
-            ax.set(xlabel="frame (10 ms)", ylabel="bin")
-            plt.show()
+        text.value = f"<b>{row.transcript}</b> ({row.duration:.2f} s, speaker {row.speaker})"
+        player.value = wav_bytes(audio, cfg.sample_rate)
+        fig, ax = plt.subplots(figsize=(9, 2.5))
+        ax.imshow(spectrogram(audio, cfg), origin="lower", aspect="auto")
+        ax.set(xlabel="frame (10 ms)", ylabel="bin")
+        image.value = figure_png(fig)
 
     picker.observe(show, names="value")
     show()
-    return widgets.VBox([picker, out])
+    return widgets.VBox([picker, text, player, image])

@@ -65,6 +65,18 @@ def utterance_losses(net: DeepSpeech2, batch: Batch) -> np.ndarray:
     return loss_net.per_utterance(logits, out_len, ms.Tensor(batch.y), ms.Tensor(batch.y_len)).asnumpy()
 
 
+class _Float32Out(nn.Cell):
+    """Cast a mixed-precision network's logits back to float32 for the CTC loss."""
+
+    def __init__(self, net: nn.Cell) -> None:
+        super().__init__(auto_prefix=False)
+        self.inner = net
+
+    def construct(self, x, lengths):
+        logits, out_len = self.inner(x, lengths)
+        return logits.astype(ms.float32), out_len
+
+
 class TrainStep(nn.Cell):
     """One optimisation step: loss and gradients, all-reduce (data parallel), global-norm clipping, Adam."""
 
@@ -118,7 +130,8 @@ class Trainer:
 
     def __init__(self, model_cfg: ModelConfig, train_cfg: TrainConfig, out: str | Path, *,
                  spect: SpectConfig = SpectConfig(), pretrained: str | Path | None = None,
-                 rank: int | None = None, world: int | None = None) -> None:
+                 rank: int | None = None, world: int | None = None, conv_impl: str = "matmul",
+                 amp: str | None = None) -> None:
         set_mode(train_cfg.mode)
         if rank is None or world is None:
             rank, world = distributed_context()
@@ -127,15 +140,23 @@ class Trainer:
         self.model_cfg, self.cfg, self.spect = model_cfg, train_cfg, spect
         self.out = Path(out)
         self.out.mkdir(parents=True, exist_ok=True)
-        self.net = DeepSpeech2(model_cfg)
+        self.net = DeepSpeech2(model_cfg, conv_impl=conv_impl)
         self.pretrained_meta = ckpt.load_into(self.net, pretrained) if pretrained else None
         self.frozen = freeze(self.net, conv=train_cfg.freeze_conv, rnn_layers=train_cfg.freeze_rnn_layers)
-        self.loss_net = CTCLossNet(self.net)
+        self.loss_net = CTCLossNet(self._with_amp(self.net, amp))
         lr = ms.Tensor(np.float32(train_cfg.learning_rate))
         self.optimizer = nn.Adam(self.net.trainable_params(), learning_rate=lr, beta1=train_cfg.betas[0],
                                  beta2=train_cfg.betas[1], eps=train_cfg.eps, weight_decay=train_cfg.weight_decay)
         self.step_cell = TrainStep(self.loss_net, self.optimizer, train_cfg.max_grad_norm, world)
         self.state = TrainState()
+
+    @staticmethod
+    def _with_amp(net: DeepSpeech2, amp: str | None) -> nn.Cell:
+        """Mixed precision through mindspore.amp (O2: BatchNorm kept in float32); the loss stays float32."""
+        if not amp:
+            return net
+        dtype = {"float16": ms.float16, "bfloat16": ms.bfloat16}[amp]
+        return _Float32Out(ms.amp.auto_mixed_precision(net, amp_level="O2", dtype=dtype))
 
     # ---- checkpoints -------------------------------------------------------------------------
     def _params(self) -> list[dict]:

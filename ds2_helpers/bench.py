@@ -1,0 +1,284 @@
+"""The speed harness: time training steps of named configurations side by side, project epoch hours,
+and compare each with the machine's floor (training FLOPs / measured matrix-multiply rate).
+
+Each configuration runs in its own process (`python -m ds2_helpers bench-one`), so threads, compiled
+graphs and peak memory of one never leak into the next.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+#: LibriSpeech train-clean-100: the epoch the course asks about.
+EPOCH_UTTERANCES = 28_539
+EPOCH_AUDIO_HOURS = 100.6
+MEAN_SECONDS = 12.7
+CHARS_PER_SECOND = 14.5  # LibriSpeech transcripts: about 14-15 characters per second of speech
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """One way of running a training step; every field has the course's value unless named otherwise."""
+
+    name: str
+    preset: str = "paper"
+    mode: str = "graph"
+    batch_size: int = 1
+    seconds: float = MEAN_SECONDS
+    fixed_frames: int | None = None
+    conv_impl: str = "matmul"
+    threads: int | None = None
+    amp: str | None = None          # "float16" / "bfloat16" through mindspore.amp (O3: whole network)
+    freeze_conv: bool = False
+    freeze_rnn_layers: int = 0
+    hidden_size: int | None = None
+    hidden_layers: int | None = None
+    rnn_type: str | None = None
+    padding_fraction: float = 0.0   # extra padded frames, as a fraction of the batch (unsorted batches)
+    note: str = ""
+
+    def model_config(self):
+        """The ModelConfig this benchmark trains."""
+        from ds2_helpers.config import model_preset
+
+        overrides = {k: v for k, v in {"hidden_size": self.hidden_size, "hidden_layers": self.hidden_layers,
+                                       "rnn_type": self.rnn_type}.items() if v is not None}
+        return model_preset(self.preset, **overrides)
+
+
+def course_config(**overrides) -> BenchConfig:
+    """The course's configuration: model zoo network (Conv2d), Graph mode, batch 1, padded to 1250 frames."""
+    base = BenchConfig(name="course: graph, batch 1, 1250-frame padding, Conv2d", conv_impl="native",
+                       fixed_frames=1250)
+    return replace(base, **overrides)
+
+
+def synthetic_batch(cfg: BenchConfig, seed: int = 0):
+    """A batch of `batch_size` utterances of `seconds` each (random spectrograms, plausible label lengths)."""
+    from ds2_helpers.dataset import Batch
+    from ds2_helpers.model import output_lengths
+
+    rng = np.random.default_rng(seed)
+    frames = int(cfg.seconds * 100) + 1
+    audio_frames = min(frames, cfg.fixed_frames) if cfg.fixed_frames else frames
+    total = cfg.fixed_frames or int(np.ceil(audio_frames * (1 + cfg.padding_fraction)))
+    n = cfg.batch_size
+    x = np.zeros((n, 1, 161, total), np.float32)
+    x[:, :, :, :audio_frames] = rng.standard_normal((n, 1, 161, audio_frames)).astype(np.float32)
+    chars = min(int(cfg.seconds * CHARS_PER_SECOND), int(output_lengths(audio_frames)) // 2)
+    y = rng.integers(0, 28, size=(n, chars)).astype(np.int32)
+    return Batch(x, np.full(n, audio_frames, np.int32), y, np.full(n, chars, np.int32), [f"synthetic-{i}" for i in range(n)])
+
+
+def run_one(cfg: BenchConfig, *, steps: int = 3, warmup: int = 1) -> dict:
+    """Time `steps` training steps after `warmup` (compilation); called inside the child process."""
+    import mindspore as ms
+
+    from ds2_helpers.config import train_preset
+    from ds2_helpers.train import Trainer
+
+    if cfg.threads:
+        ms.set_context(runtime_num_threads=cfg.threads)
+    tcfg = train_preset("paper", batch_size=cfg.batch_size, mode=cfg.mode, save_every=0,
+                        freeze_conv=cfg.freeze_conv, freeze_rnn_layers=cfg.freeze_rnn_layers)
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = Trainer(cfg.model_config(), tcfg, tmp, rank=0, world=1, conv_impl=cfg.conv_impl, amp=cfg.amp)
+        batch = synthetic_batch(cfg)
+        times, losses = [], []
+        for k in range(warmup + steps):
+            t0 = time.perf_counter()
+            losses.append(trainer.step(batch))
+            if k >= warmup:
+                times.append(time.perf_counter() - t0)
+    step = statistics.median(times)
+    audio = float(batch.x_len.sum()) / 100
+    return {"step_seconds": step, "step_seconds_all": times, "audio_seconds_per_step": audio,
+            "audio_seconds_per_second": audio / step, "loss_finite": bool(np.isfinite(losses).all()),
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "padding_fraction": batch.padding_fraction}
+
+
+def run_isolated(cfg: BenchConfig, *, steps: int, warmup: int, timeout: float = 3600) -> dict:
+    """Run one configuration in a fresh process; failures come back as {'error': ...}, never an exception."""
+    env = dict(os.environ, GLOG_v="3")
+    if cfg.threads:
+        env["OMP_NUM_THREADS"] = str(cfg.threads)
+    args = [sys.executable, "-m", "ds2_helpers", "bench-one", json.dumps(asdict(cfg)), "--steps", str(steps),
+            "--warmup", str(warmup)]
+    try:
+        run = subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:.0f} s"}
+    for line in reversed(run.stdout.splitlines()):
+        if line.startswith("{"):
+            return json.loads(line)
+    lines = [l for l in (run.stderr or run.stdout).splitlines() if l.strip() and "WARNING" not in l]
+    reason = next((l for l in lines if "Error" in l or "error" in l), lines[-1] if lines else "no output")
+    return {"error": reason.strip()[:300]}
+
+
+def matmul_gflops(n: int = 2048, repeats: int = 5) -> dict[str, float]:
+    """Measured float32 matrix-multiply rate of NumPy (BLAS) and of MindSpore on this machine."""
+    import mindspore as ms
+    from mindspore import ops
+
+    a = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32)
+    flops = 2.0 * n ** 3
+    t = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ a
+        t.append(time.perf_counter() - t0)
+    numpy_rate = flops / min(t) / 1e9
+    x = ms.Tensor(a)
+    ops.matmul(x, x).asnumpy()
+    t = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        ops.matmul(x, x).asnumpy()
+        t.append(time.perf_counter() - t0)
+    return {"numpy": numpy_rate, "mindspore": flops / min(t) / 1e9}
+
+
+def project(result: dict, cfg: BenchConfig, floor_rate_gflops: float, epoch_hours: float = EPOCH_AUDIO_HOURS) -> dict:
+    """Epoch hours, and the share of the machine's floor, from a timed result."""
+    from ds2_helpers.model import training_flops_per_audio_second
+
+    if "error" in result:
+        return result
+    flops = training_flops_per_audio_second(cfg.model_config())
+    floor_seconds = flops / (floor_rate_gflops * 1e9)  # compute seconds per audio second at the floor
+    rate = result["audio_seconds_per_second"]
+    return {**result, "epoch_hours": epoch_hours / rate, "floor_epoch_hours": epoch_hours * floor_seconds,
+            "percent_of_floor": 100.0 * floor_seconds * rate}
+
+
+@dataclass
+class Suite:
+    """A list of configurations measured in one run, against the first (the baseline)."""
+
+    configs: list[BenchConfig]
+    steps: int = 3
+    warmup: int = 1
+    results: list[dict] = field(default_factory=list)
+
+    def run(self, progress: bool = True) -> list[dict]:
+        """Measure every configuration; the machine's matmul rate is measured once, first."""
+        rates = matmul_gflops()
+        floor = max(rates.values())
+        self.results = []
+        for cfg in self.configs:
+            t0 = time.perf_counter()
+            res = project(run_isolated(cfg, steps=self.steps, warmup=self.warmup), cfg, floor)
+            res.update(asdict(cfg), wall_seconds=time.perf_counter() - t0, matmul_gflops=floor,
+                       numpy_gflops=rates["numpy"], mindspore_gflops=rates["mindspore"])
+            self.results.append(res)
+            if progress:
+                shown = (f"{res['step_seconds']:.2f} s/step, {res['audio_seconds_per_second']:.2f} audio-s/s, "
+                         f"epoch {res['epoch_hours']:.1f} h" if "error" not in res else "failed: " + res["error"])
+                print(f"{cfg.name}: {shown}", flush=True)
+        base = self.results[0].get("audio_seconds_per_second")
+        for res in self.results:
+            if base and "audio_seconds_per_second" in res:
+                res["speedup"] = res["audio_seconds_per_second"] / base
+        return self.results
+
+
+def machine() -> dict:
+    """What the numbers were measured on."""
+    import platform
+
+    cpu = "unknown"
+    try:
+        cpu = next(l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
+                   if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {"cpu": cpu, "cores": cores, "python": platform.python_version(), "platform": platform.platform()}
+
+
+def write_results(results: list[dict], out: str | Path) -> dict[str, Path]:
+    """results.json (with the machine), results.csv and a bar chart of projected epoch hours."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    from ds2_helpers.librispeech import atomic_write_text
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    payload = {"machine": machine(), "measured": time.strftime("%Y-%m-%d %H:%M"), "results": results}
+    atomic_write_text(out / "results.json", json.dumps(payload, indent=2))
+    frame = pd.DataFrame(results)
+    atomic_write_text(out / "results.csv", frame.drop(columns=["step_seconds_all"], errors="ignore").to_csv(index=False))
+    fig = epoch_chart(frame)
+    fig.savefig(out / "epoch_hours.png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return {"json": out / "results.json", "csv": out / "results.csv", "png": out / "epoch_hours.png"}
+
+
+def epoch_chart(frame, title: str = "Projected hours for one epoch of train-clean-100"):
+    """Horizontal bars of epoch hours per configuration, with the machine's floor as a line."""
+    import matplotlib.pyplot as plt
+
+    ok = frame[frame.get("epoch_hours").notna()] if "epoch_hours" in frame else frame.iloc[0:0]
+    fig, ax = plt.subplots(figsize=(9, 0.45 * max(len(ok), 2) + 1.2))
+    ax.barh(ok.name, ok.epoch_hours, color="tab:blue")
+    if len(ok) and "floor_epoch_hours" in ok:
+        paper = ok[ok.preset == "paper"] if "preset" in ok else ok
+        if len(paper):
+            ax.axvline(paper.floor_epoch_hours.iloc[0], color="tab:red", ls="--", label="machine floor (paper model)")
+            ax.legend(loc="lower right")
+    ax.invert_yaxis()
+    ax.set(xscale="log", xlabel="hours (log scale)", title=title)
+    fig.tight_layout()
+    return fig
+
+
+def feature_seconds_per_audio_second(audio_paths: list, spect=None) -> float:
+    """Seconds to read and turn audio into spectrograms, per second of audio: the data pipeline's cost."""
+    import soundfile as sf
+
+    from ds2_helpers.config import SpectConfig
+    from ds2_helpers.features import load_audio, spectrogram
+
+    spect = spect or SpectConfig()
+    audio_seconds = sum(sf.info(str(p)).duration for p in audio_paths)
+    t0 = time.perf_counter()
+    for path in audio_paths:
+        spectrogram(load_audio(path, spect.sample_rate), spect)
+    return (time.perf_counter() - t0) / audio_seconds
+
+
+def results_table(results: list[dict]):
+    """The answer as a table: one row per configuration, best projected epoch first."""
+    import pandas as pd
+
+    frame = pd.DataFrame(results)
+    cols = ["name", "batch_size", "step_seconds", "audio_seconds_per_second", "epoch_hours", "speedup",
+            "percent_of_floor", "peak_rss_mb", "error"]
+    for col in cols:
+        if col not in frame:
+            frame[col] = None
+    return frame[cols].sort_values("epoch_hours", na_position="last").reset_index(drop=True)
+
+
+def load_reference(path: str | Path) -> dict | None:
+    """A committed reference run (results.json of `bench`), or None when there is none."""
+    path = Path(path)
+    return json.loads(path.read_text()) if path.exists() else None

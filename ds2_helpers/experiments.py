@@ -1,0 +1,62 @@
+"""The named speed experiments of notebook 07, each a BenchConfig measured against the course's configuration."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+
+from ds2_helpers.bench import BenchConfig, course_config
+
+
+def random_batch_padding(batch_size: int, manifest=None) -> float:
+    """Padding share of random batches, from real durations (LibriSpeech manifest if given, else the mini corpus)."""
+    from ds2_helpers.dataset import padding_waste
+    from ds2_helpers.librispeech import read_manifest
+    from ds2_helpers.paths import mini_corpus_dir
+
+    path = manifest or mini_corpus_dir() / "train.csv"
+    try:
+        durations = read_manifest(path).duration.to_numpy()
+    except Exception:  # noqa: BLE001 - no corpus yet: fall back to a duration spread like LibriSpeech's
+        import numpy as np
+
+        durations = np.random.default_rng(0).uniform(2.0, 17.0, 2000)
+    return padding_waste(durations, batch_size, "random")
+
+
+def experiments(quick: bool = False, only: list[str] | None = None, manifest=None) -> list[BenchConfig]:
+    """The full list (paper model, 12.7 s utterances) or a quick one (same axes, small shapes) for CI."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    size = {"preset": "mini", "seconds": 2.0} if quick else {}
+    course = course_config(**size)
+    batch = 8 if quick else 16
+    best = replace(course, name=f"best: graph, batch {batch}, sorted, matmul conv", conv_impl="matmul",
+                   fixed_frames=None, batch_size=batch)
+    waste = random_batch_padding(best.batch_size, manifest)
+    configs = [
+        course,
+        replace(course, name="pynative mode", mode="pynative"),
+        replace(course, name="matmul convolution (ours)", conv_impl="matmul"),
+        replace(course, name="no 1250-frame padding (length-sorted)", conv_impl="matmul", fixed_frames=None),
+    ]
+    for b in ([4] if quick else [4, 8, 32]):  # the best configuration's own batch size is measured last
+        configs.append(replace(best, name=f"batch {b}", batch_size=b))
+    configs += [
+        replace(best, name=f"random batches ({100 * waste:.0f}% padding)", padding_fraction=waste / (1 - waste)),
+        replace(best, name="1 thread", threads=1),
+    ]
+    if cores > 2:
+        configs.append(replace(best, name=f"{cores} threads", threads=cores))
+    configs += [
+        replace(best, name="mixed precision float16 (amp O2)", amp="float16"),
+        replace(best, name="mixed precision bfloat16 (amp O2)", amp="bfloat16"),
+        replace(best, name="transfer: conv + lower RNN layers frozen", freeze_conv=True,
+                freeze_rnn_layers=max(0, best.model_config().hidden_layers - 2)),
+        replace(best, name="smaller: 3 x BiLSTM-512" if not quick else "smaller: 1 x BiLSTM-128",
+                hidden_layers=1 if quick else 3, hidden_size=128 if quick else 512),
+        replace(best, name="smaller: GRU instead of LSTM", rnn_type="GRU"),
+        best,
+    ]
+    if only:
+        configs = [configs[0]] + [c for c in configs[1:] if any(w.lower() in c.name.lower() for w in only)]
+    return configs

@@ -1,0 +1,55 @@
+"""The speed harness measures real steps in child processes and projects epochs from them."""
+
+import json
+
+import pytest
+
+from ds2_helpers import bench
+from ds2_helpers.dataset import padding_waste
+from ds2_helpers.experiments import experiments
+
+
+def test_projection_arithmetic():
+    cfg = bench.BenchConfig(name="x", preset="paper")
+    res = bench.project({"audio_seconds_per_second": 2.0}, cfg, floor_rate_gflops=100.0)
+    assert res["epoch_hours"] == pytest.approx(bench.EPOCH_AUDIO_HOURS / 2)
+    # paper: ~29.1 GFLOP per audio second -> 0.291 s per audio second at 100 GFLOP/s
+    assert res["floor_epoch_hours"] == pytest.approx(bench.EPOCH_AUDIO_HOURS * 0.2914, rel=1e-3)
+    assert res["percent_of_floor"] == pytest.approx(100 * 0.2914 * 2.0, rel=1e-3)
+
+
+def test_course_configuration_and_synthetic_batch():
+    course = bench.course_config(preset="mini", seconds=3.0)
+    assert (course.mode, course.batch_size, course.fixed_frames, course.conv_impl) == ("graph", 1, 1250, "native")
+    batch = bench.synthetic_batch(course)
+    assert batch.x.shape == (1, 1, 161, 1250) and batch.x_len[0] == 301
+    assert batch.padding_fraction == pytest.approx(1 - 301 / 1250)
+    assert batch.y_len[0] == int(3.0 * bench.CHARS_PER_SECOND)
+
+
+def test_padding_waste_of_random_versus_sorted_batches():
+    durations = [1.0, 10.0] * 8
+    assert padding_waste(durations, 2, "sorted") == pytest.approx(0.0)
+    assert padding_waste(durations, 2, "random") > 0.1
+
+
+def test_quick_experiments_cover_every_axis():
+    names = " | ".join(c.name for c in experiments(quick=True))
+    for word in ("course", "pynative", "batch 4", "random batches", "thread", "float16", "bfloat16", "transfer",
+                 "smaller", "GRU", "best"):
+        assert word in names, word
+
+
+def test_suite_measures_side_by_side_and_writes_results(tmp_path):
+    configs = [bench.course_config(preset="mini", seconds=1.0, fixed_frames=200),
+               bench.BenchConfig(name="batch 2", preset="mini", seconds=1.0, batch_size=2),
+               bench.BenchConfig(name="bad", preset="mini", seconds=1.0, amp="bfloat16")]
+    results = bench.Suite(configs, steps=1, warmup=1).run(progress=False)
+    assert results[0]["speedup"] == pytest.approx(1.0)
+    assert results[1]["audio_seconds_per_second"] > 0 and results[1]["epoch_hours"] > 0
+    assert results[1]["peak_rss_mb"] > 100 and 0 < results[1]["percent_of_floor"] < 100
+    assert "error" in results[2] and "BFloat16" in results[2]["error"]
+    files = bench.write_results(results, tmp_path)
+    payload = json.loads(files["json"].read_text())
+    assert payload["machine"]["cores"] >= 1 and len(payload["results"]) == 3
+    assert files["png"].stat().st_size > 1000 and files["csv"].read_text().startswith("step_seconds")
