@@ -124,6 +124,10 @@ def run_isolated(cfg: BenchConfig, *, steps: int, warmup: int, timeout: float = 
     for line in reversed(run.stdout.splitlines()):
         if line.startswith("{"):
             return json.loads(line)
+    if run.returncode < 0:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+        return {"error": f"killed by signal {-run.returncode} (on Linux usually the out-of-memory killer: "
+                         f"this machine has {total:.0f} GiB)"}
     lines = [l for l in (run.stderr or run.stdout).splitlines() if l.strip() and "WARNING" not in l]
     reason = next((l for l in lines if "Error" in l or "error" in l), lines[-1] if lines else "no output")
     return {"error": reason.strip()[:300]}
@@ -282,3 +286,19 @@ def load_reference(path: str | Path) -> dict | None:
     """A committed reference run (results.json of `bench`), or None when there is none."""
     path = Path(path)
     return json.loads(path.read_text()) if path.exists() else None
+
+
+def pipeline_audio_per_second(manifest, *, workers: int, batch_size: int = 16, batches: int = 6,
+                              cached: bool = False) -> float:
+    """Audio seconds of ready batches the data pipeline delivers per wall second (features on the fly or cached)."""
+    from ds2_helpers.dataset import SpeechData, make_batches, ms_pipeline
+
+    data = SpeechData(manifest, cache=cached)
+    plan = make_batches(data.durations, batch_size, order="random", seed=0)[:batches]
+    if cached:
+        for b in plan:
+            data.batch(b)
+    pipe = ms_pipeline(data, plan, workers=workers)
+    t0 = time.perf_counter()
+    frames = sum(int(x_len.sum()) for _, x_len, _, _ in pipe.create_tuple_iterator(num_epochs=1, output_numpy=True))
+    return frames / 100 / (time.perf_counter() - t0)

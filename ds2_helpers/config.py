@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 WINDOW_ALIASES = {"hanning": "hann", "hann": "hann", "hamming": "hamming", "blackman": "blackman", "bartlett": "bartlett"}

@@ -129,3 +129,30 @@ def padding_waste(durations: np.ndarray, batch_size: int, order: str, seed: int 
     batches = make_batches(np.asarray(durations), batch_size, order=order, seed=seed, epoch=1, sortagrad=False)
     padded = sum(len(b) * max(durations[i] for i in b) for b in batches)
     return 1.0 - float(np.sum(durations)) / padded
+
+
+class _BatchSource:
+    """Random-access source for mindspore.dataset: item k is the padded batch k (features computed there)."""
+
+    def __init__(self, data: SpeechData, batches: list[list[int]], pad_multiple: int, label_multiple: int) -> None:
+        self.data, self.batches = data, batches
+        self.pad_multiple, self.label_multiple = pad_multiple, label_multiple
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, k: int):
+        b = self.data.batch(self.batches[k], pad_multiple=self.pad_multiple, label_multiple=self.label_multiple)
+        return b.x, b.x_len, b.y, b.y_len
+
+
+def ms_pipeline(data: SpeechData, batches: list[list[int]], *, workers: int = 1, prefetch: int = 2,
+                pad_multiple: int = 64, label_multiple: int = 32):
+    """A mindspore.dataset pipeline yielding (x, x_len, y, y_len) per batch, computed by `workers` processes
+    ahead of the training loop (`prefetch` batches per worker queue)."""
+    import mindspore.dataset as msds
+
+    msds.config.set_prefetch_size(prefetch)
+    return msds.GeneratorDataset(_BatchSource(data, batches, pad_multiple, label_multiple),
+                                 column_names=["x", "x_len", "y", "y_len"], shuffle=False,
+                                 num_parallel_workers=workers, python_multiprocessing=workers > 1)

@@ -58,18 +58,22 @@ def export_mindir(net: DeepSpeech2, out: str | Path, *, frames: int = 3000, spec
     return path
 
 
-def export_onnx(net: DeepSpeech2, out: str | Path, *, frames: int = 3000) -> tuple[bool, str]:
-    """Try ONNX export; returns (True, path) or (False, MindSpore's own first line of refusal)."""
+def _attempt_export(net: DeepSpeech2, out: str | Path, x, lengths, file_format: str) -> tuple[bool, str]:
+    """Export, reporting instead of raising: (True, path) or (False, MindSpore's first line of refusal)."""
     infer = InferenceNet(net)
     infer.set_train(False)
-    x = ms.Tensor(np.zeros((1, 1, net.cfg.n_bins, frames), np.float32))
-    lengths = ms.Tensor(np.array([frames], np.int32))
     stem = Path(out).with_suffix("")
     try:
-        ms.export(infer, x, lengths, file_name=str(stem), file_format="ONNX")
+        ms.export(infer, x, lengths, file_name=str(stem), file_format=file_format)
     except Exception as exc:  # noqa: BLE001 - we report whatever MindSpore says
         return False, str(exc).strip().splitlines()[0]
-    return True, str(stem) + ".onnx"
+    return True, f"{stem}.{file_format.lower()}"
+
+
+def export_onnx(net: DeepSpeech2, out: str | Path, *, frames: int = 3000) -> tuple[bool, str]:
+    """Try ONNX export; returns (True, path) or (False, MindSpore's own first line of refusal)."""
+    x = ms.Tensor(np.zeros((1, 1, net.cfg.n_bins, frames), np.float32))
+    return _attempt_export(net, out, x, ms.Tensor(np.array([frames], np.int32)), "ONNX")
 
 
 class ExportedModel:
@@ -114,13 +118,5 @@ def file_sizes(*paths: str | Path) -> dict[str, float]:
 
 def try_dynamic_export(net: DeepSpeech2, out: str | Path) -> tuple[bool, str]:
     """Attempt a MindIR with a dynamic time axis; (True, path) or (False, MindSpore's first line of refusal)."""
-    infer = InferenceNet(net)
-    infer.set_train(False)
     x = ms.Tensor(shape=[1, 1, net.cfg.n_bins, None], dtype=ms.float32)
-    lengths = ms.Tensor(shape=[1], dtype=ms.int32)
-    stem = Path(out).with_suffix("")
-    try:
-        ms.export(infer, x, lengths, file_name=str(stem), file_format="MINDIR")
-    except Exception as exc:  # noqa: BLE001 - we report whatever MindSpore says
-        return False, str(exc).strip().splitlines()[0]
-    return True, str(stem) + ".mindir"
+    return _attempt_export(net, out, x, ms.Tensor(shape=[1], dtype=ms.int32), "MINDIR")

@@ -81,6 +81,7 @@ def loss_curve(metrics: pd.DataFrame | str | Path, ax=None, smooth: int = 10):
         ax.plot(frame.step, frame.loss.rolling(smooth).mean(), label=f"mean of {smooth}")
     ax.set(xlabel="step", ylabel="CTC loss (per utterance)", yscale="log", title="Training loss")
     ax.legend()
+    ax.figure.tight_layout()
     return ax
 
 

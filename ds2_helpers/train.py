@@ -7,7 +7,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import mindspore as ms
@@ -215,10 +215,8 @@ class Trainer:
     def epoch_batches(self, data: SpeechData, epoch: int) -> list[list[int]]:
         """This rank's batches for an epoch (deterministic in seed and epoch, so resume lines up)."""
         batches = make_batches(data.durations, self.cfg.batch_size, epoch=epoch, seed=self.cfg.seed,
-                               order=self.cfg_order, sortagrad=self.cfg.sortagrad)
+                               order="bucketed", sortagrad=self.cfg.sortagrad)
         return shard(batches, self.rank, self.world)
-
-    cfg_order = "bucketed"
 
     def step(self, batch: Batch) -> float:
         """One training step on a prepared batch; returns the loss."""

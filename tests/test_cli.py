@@ -47,3 +47,25 @@ def test_train_resume_and_evaluate(tiny_corpus, tmp_path):
     summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
     assert summary["utterances"] == 6 and 0 <= summary["cer"] and summary["rtf"] > 0
     assert len(pd.read_csv(tmp_path / "eval" / "results.csv")) == 6
+
+
+def test_transcribe_any_sample_rate_and_clear_errors(tiny_corpus, tmp_path):
+    import numpy as np
+    import soundfile as sf
+
+    from ds2_helpers.librispeech import read_manifest
+    from ds2_helpers.paths import data_dir
+
+    row = read_manifest(tiny_corpus / "test.csv").iloc[0]
+    audio, rate = sf.read(row.audio_path)
+    import librosa
+
+    sf.write(tmp_path / "at8k.wav", librosa.resample(audio, orig_sr=rate, target_sr=8000), 8000)
+    sf.write(tmp_path / "empty.wav", np.zeros(0, np.float32), 16000)
+    ckpt = data_dir() / "mini_pretrained.ckpt"
+    run = cli("transcribe", "--checkpoint", ckpt, tmp_path / "at8k.wav")
+    assert run.returncode == 0, run.stderr[-2000:]
+    text = run.stdout.strip().split("\t")[1]
+    assert len(text) > 5 and set(text) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZ' ")
+    run = cli("transcribe", "--checkpoint", ckpt, tmp_path / "empty.wav")
+    assert run.returncode == 2 and "empty.wav" in run.stderr and "Traceback" not in run.stderr

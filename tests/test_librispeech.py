@@ -146,3 +146,17 @@ def test_subset_urls_are_openslr():
     assert ls.subset_url("train-clean-100") == "https://www.openslr.org/resources/12/train-clean-100.tar.gz"
     with pytest.raises(ValueError, match="unknown subset"):
         ls.subset_url("train-clean-999")
+
+
+def test_pretrained_checkpoint_download_checks_its_size(server, tmp_path):
+    from ds2_helpers import checkpoint
+
+    root, url = server
+    (root / "DeepSpeech.ckpt").write_bytes(b"\x00" * 5000)
+    got = checkpoint.download_pretrained(tmp_path / "DeepSpeech.ckpt", url=f"{url}/DeepSpeech.ckpt",
+                                         expected_size=5000, progress=False)
+    assert got.stat().st_size == 5000
+    with pytest.raises(dl.DownloadError, match="expected 6000"):
+        checkpoint.download_pretrained(tmp_path / "other.ckpt", url=f"{url}/DeepSpeech.ckpt", expected_size=6000,
+                                       progress=False)
+    assert (tmp_path / "other.ckpt.part").exists()  # kept, so the next run resumes

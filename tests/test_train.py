@@ -1,4 +1,3 @@
-import mindspore as ms
 import numpy as np
 import pytest
 
