@@ -104,3 +104,17 @@ def test_pretrained_start_and_resume_errors(data, tmp_path):
 
     with pytest.raises(CheckpointError, match="no training state"):
         second.resume(w)
+
+
+def test_mindspore_pipeline_yields_the_same_batches_with_workers(data):
+    from ds2_helpers.dataset import ms_pipeline
+
+    plan = make_batches(data.durations, 4, order="sorted")[:3]
+    got = list(ms_pipeline(data, plan, workers=2).create_tuple_iterator(num_epochs=1, output_numpy=True))
+    assert len(got) == 3
+    for (x, x_len, y, y_len), idx in zip(got, plan):
+        ref = data.batch(idx, pad_multiple=64, label_multiple=32)
+        np.testing.assert_array_equal(x, ref.x)
+        np.testing.assert_array_equal(x_len, ref.x_len)
+        np.testing.assert_array_equal(y, ref.y)
+        np.testing.assert_array_equal(y_len, ref.y_len)
