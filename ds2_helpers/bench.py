@@ -45,7 +45,8 @@ class BenchConfig:
     hidden_layers: int | None = None
     rnn_type: str | None = None
     padding_fraction: float = 0.0   # extra padded frames, as a fraction of the batch (unsorted batches)
-    note: str = ""
+    kind: str = "step"              # baseline | step (same model and data: a recommendation candidate)
+                                    # | contrast (what not to do) | other model (changes what is learned)
 
     def model_config(self):
         """The ModelConfig this benchmark trains."""
@@ -59,7 +60,7 @@ class BenchConfig:
 def course_config(**overrides) -> BenchConfig:
     """The course's configuration: model zoo network (Conv2d), Graph mode, batch 1, padded to 1250 frames."""
     base = BenchConfig(name="course: graph, batch 1, 1250-frame padding, Conv2d", conv_impl="native",
-                       fixed_frames=1250)
+                       fixed_frames=1250, kind="baseline")
     return replace(base, **overrides)
 
 
@@ -274,7 +275,9 @@ def results_table(results: list[dict]):
     import pandas as pd
 
     frame = pd.DataFrame(results)
-    cols = ["name", "batch_size", "step_seconds", "audio_seconds_per_second", "epoch_hours", "speedup",
+    if "kind" not in frame:
+        frame["kind"] = None
+    cols = ["name", "kind", "batch_size", "step_seconds", "audio_seconds_per_second", "epoch_hours", "speedup",
             "percent_of_floor", "peak_rss_mb", "error"]
     for col in cols:
         if col not in frame:
@@ -302,3 +305,10 @@ def pipeline_audio_per_second(manifest, *, workers: int, batch_size: int = 16, b
     t0 = time.perf_counter()
     frames = sum(int(x_len.sum()) for _, x_len, _, _ in pipe.create_tuple_iterator(num_epochs=1, output_numpy=True))
     return frames / 100 / (time.perf_counter() - t0)
+
+
+def recommendations(results: list[dict]):
+    """Changes that keep model and data (so accuracy) and made training faster, biggest speed-up first."""
+    table = results_table(results)
+    ok = table[(table.kind == "step") & table.error.isna() & (table.speedup > 1)]
+    return ok.sort_values("speedup", ascending=False).reset_index(drop=True)

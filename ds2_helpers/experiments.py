@@ -29,32 +29,34 @@ def experiments(quick: bool = False, only: list[str] | None = None, manifest=Non
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     size = {"preset": "mini", "seconds": 2.0} if quick else {}
     course = course_config(**size)
+    course_step = replace(course, kind="step")
     batch = 8  # paper model, 12.7 s utterances: batch 16 needs more than 24 GiB with this implementation
-    best = replace(course, name=f"best: graph, batch {batch}, sorted, matmul conv", conv_impl="matmul",
-                   fixed_frames=None, batch_size=batch)
+    best = replace(course, name=f"combined: graph, batch {batch}, sorted, matmul conv", conv_impl="matmul",
+                   fixed_frames=None, batch_size=batch, kind="step")
     waste = random_batch_padding(best.batch_size, manifest)
     configs = [
         course,
-        replace(course, name="pynative mode", mode="pynative"),
-        replace(course, name="matmul convolution (ours)", conv_impl="matmul"),
-        replace(course, name="no 1250-frame padding (length-sorted)", conv_impl="matmul", fixed_frames=None),
+        replace(course, name="pynative mode", mode="pynative", kind="contrast"),
+        replace(course_step, name="matmul convolution (ours)", conv_impl="matmul"),
+        replace(course_step, name="no 1250-frame padding (length-sorted)", conv_impl="matmul", fixed_frames=None),
     ]
     for b in ([4] if quick else [4, 16]):  # the best configuration's own batch size is measured last
         configs.append(replace(best, name=f"batch {b}", batch_size=b))
     configs += [
-        replace(best, name=f"random batches ({100 * waste:.0f}% padding)", padding_fraction=waste / (1 - waste)),
-        replace(best, name="1 thread", threads=1),
+        replace(best, name=f"random batches ({100 * waste:.0f}% padding)", padding_fraction=waste / (1 - waste),
+                kind="contrast"),
+        replace(best, name="1 thread", threads=1, kind="contrast"),
     ]
     if cores > 2:
         configs.append(replace(best, name=f"{cores} threads", threads=cores))
     configs += [
-        replace(best, name="mixed precision float16 (amp O2)", amp="float16"),
-        replace(best, name="mixed precision bfloat16 (amp O2)", amp="bfloat16"),
-        replace(best, name="transfer: conv + lower RNN layers frozen", freeze_conv=True,
+        replace(best, name="mixed precision float16 (amp O2)", amp="float16", kind="contrast"),
+        replace(best, name="mixed precision bfloat16 (amp O2)", amp="bfloat16", kind="contrast"),
+        replace(best, name="transfer: conv + lower RNN layers frozen", freeze_conv=True, kind="other model",
                 freeze_rnn_layers=max(0, best.model_config().hidden_layers - 2)),
         replace(best, name="smaller: 3 x BiLSTM-512" if not quick else "smaller: 1 x BiLSTM-128",
-                hidden_layers=1 if quick else 3, hidden_size=128 if quick else 512),
-        replace(best, name="smaller: GRU instead of LSTM", rnn_type="GRU"),
+                hidden_layers=1 if quick else 3, hidden_size=128 if quick else 512, kind="other model"),
+        replace(best, name="smaller: GRU instead of LSTM", rnn_type="GRU", kind="other model"),
         best,
     ]
     if only:
