@@ -291,22 +291,6 @@ def load_reference(path: str | Path) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def pipeline_audio_per_second(manifest, *, workers: int, batch_size: int = 16, batches: int = 6,
-                              cached: bool = False) -> float:
-    """Audio seconds of ready batches the data pipeline delivers per wall second (features on the fly or cached)."""
-    from ds2_helpers.dataset import SpeechData, make_batches, ms_pipeline
-
-    data = SpeechData(manifest, cache=cached)
-    plan = make_batches(data.durations, batch_size, order="random", seed=0)[:batches]
-    if cached:
-        for b in plan:
-            data.batch(b)
-    pipe = ms_pipeline(data, plan, workers=workers)
-    t0 = time.perf_counter()
-    frames = sum(int(x_len.sum()) for _, x_len, _, _ in pipe.create_tuple_iterator(num_epochs=1, output_numpy=True))
-    return frames / 100 / (time.perf_counter() - t0)
-
-
 def recommendations(results: list[dict]):
     """Changes that keep model and data (so accuracy) and made training faster, biggest speed-up first."""
     table = results_table(results)

@@ -77,7 +77,6 @@ class TrainConfig:
     epochs: int = 1
     mode: str = "graph"
     sortagrad: bool = True
-    bucket_size: int = 8
     seed: int = 1234
     save_every: int = 200
     keep_last: int = 3

@@ -57,14 +57,6 @@ class CTCLossNet(nn.Cell):
         return loss
 
 
-def utterance_losses(net: DeepSpeech2, batch: Batch) -> np.ndarray:
-    """Per-utterance CTC losses of a batch, in inference mode."""
-    net.set_train(False)
-    loss_net = CTCLossNet(net)
-    logits, out_len = net(ms.Tensor(batch.x), ms.Tensor(batch.x_len))
-    return loss_net.per_utterance(logits, out_len, ms.Tensor(batch.y), ms.Tensor(batch.y_len)).asnumpy()
-
-
 class _Float32Out(nn.Cell):
     """Cast a mixed-precision network's logits back to float32 for the CTC loss."""
 
