@@ -19,9 +19,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         if v is not None}
     train_cfg = train_preset(args.preset, **overrides)
     model_cfg = model_preset(args.preset)
+    if args.threads:  # several workers on one machine: share its cores instead of all fighting for all of them
+        import mindspore as ms
+
+        ms.set_context(runtime_num_threads=args.threads)
     spect = SpectConfig(window=args.window)
     out = Path(args.out)
-    trainer = Trainer(model_cfg, train_cfg, out, spect=spect,
+    trainer = Trainer(model_cfg, train_cfg, out, spect=spect, conv_impl=args.conv,
                       pretrained=None if args.resume and _has_checkpoint(out) else args.pretrained)
     if args.resume and trainer.resume():
         s = trainer.state
@@ -161,6 +165,23 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_race(args: argparse.Namespace) -> int:
+    """Train the mini model and smaller / less-data variants for the same time; CER curves in --out."""
+    from ds2_helpers import race
+    from ds2_helpers.dataset import SpeechData
+
+    configs = race.contestants(len(SpeechData(args.train)))
+    if args.only:
+        configs = [c for c in configs if any(w.lower() in c.name.lower() for w in args.only)]
+    curve = race.run(configs, args.train, args.eval, args.out, seconds=args.minutes * 60,
+                     eval_every=args.eval_every, eval_limit=args.eval_limit, mode=args.mode, progress=True)
+    table = race.time_to_target(curve, args.targets)
+    print(table.to_string(index=False))
+    race.curve_chart(curve).savefig(Path(args.out) / "race.png", dpi=120)
+    print(f"wrote {Path(args.out) / 'race.json'} and race.png")
+    return 0
+
+
 def add_commands(sub) -> None:
     """Register the MindSpore commands on the top-level parser."""
     p = sub.add_parser("train", help="train or fine-tune DeepSpeech2 (resumable; works under msrun)")
@@ -179,6 +200,10 @@ def add_commands(sub) -> None:
     p.add_argument("--freeze-conv", action="store_true")
     p.add_argument("--freeze-rnn-layers", type=int)
     p.add_argument("--max-steps", type=int, help="stop after this many global steps (a short trial)")
+    p.add_argument("--threads", type=int, help="CPU threads of this process (default: MindSpore's choice)")
+    p.add_argument("--conv", choices=["native", "matmul"], default="native",
+                   help="convolution as MindSpore Conv2d (steady) or our matrix products (faster first steps, "
+                        "but slower and slower in long runs: notebook 07)")
     p.add_argument("--max-duration", type=float, help="skip utterances longer than this (seconds)")
     p.add_argument("--limit", type=int, help="use only the first N utterances of the manifest")
     p.add_argument("--pad-multiple", type=int, default=64, help="round padded frames up (fewer graph compiles)")
@@ -224,6 +249,18 @@ def add_commands(sub) -> None:
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
     p.set_defaults(func=cmd_bench_one)
+
+    p = sub.add_parser("race", help="time to CER: mini model vs smaller models and less data (notebook 07)")
+    p.add_argument("--train", required=True, help="training manifest (the mini corpus's train.csv)")
+    p.add_argument("--eval", required=True, help="held-out manifest (the mini corpus's dev.csv)")
+    p.add_argument("--minutes", type=float, default=8.0, help="training time per contestant")
+    p.add_argument("--eval-every", type=float, default=60.0, help="seconds of training between CER points")
+    p.add_argument("--eval-limit", type=int, default=64, help="held-out utterances per CER point")
+    p.add_argument("--targets", type=float, nargs="+", default=[0.6, 0.4, 0.2])
+    p.add_argument("--mode", choices=["graph", "pynative"], default="graph")
+    p.add_argument("--only", nargs="*")
+    p.add_argument("--out", default="runs/race")
+    p.set_defaults(func=cmd_race)
 
     p = sub.add_parser("pretrained", help="the course's pretrained DeepSpeech.ckpt")
     psub = p.add_subparsers(dest="action", required=True)

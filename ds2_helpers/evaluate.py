@@ -15,15 +15,17 @@ from ds2_helpers.model import DeepSpeech2
 
 
 def predict(net: DeepSpeech2, data: SpeechData, batch_size: int = 16, progress: bool = False, *,
-            decoder: str = "greedy", beam_width: int = 32, lm_path: str | None = None) -> pd.DataFrame:
-    """Transcripts for every utterance of `data` (inference mode, length-sorted batches, greedy or beam)."""
+            decoder: str = "greedy", beam_width: int = 32, lm_path: str | None = None, pad_multiple: int = 1
+            ) -> pd.DataFrame:
+    """Transcripts for every utterance of `data` (inference mode, length-sorted batches, greedy or beam;
+    `pad_multiple` > 1 gives fewer shapes, so fewer graph compilations)."""
     from tqdm.auto import tqdm
 
     net.set_train(False)
     beam = beam_decoder(lm_path) if decoder == "beam" else None
     rows = []
     for idx in tqdm(make_batches(data.durations, batch_size, order="sorted"), desc="decoding", disable=not progress):
-        batch = data.batch(idx)
+        batch = data.batch(idx, pad_multiple=pad_multiple)
         logits, out_len = net(ms.Tensor(batch.x), ms.Tensor(batch.x_len))
         texts = (beam_decode(logits.asnumpy(), out_len.asnumpy(), decoder=beam, beam_width=beam_width) if beam
                  else greedy_decode(logits.asnumpy(), out_len.asnumpy()))

@@ -118,11 +118,14 @@ class TrainState:
 
 
 class Trainer:
-    """Builds network, optimizer and step; runs epochs with logging and checkpoints in `out`."""
+    """Builds network, optimizer and step; runs epochs with logging and checkpoints in `out`.
+
+    `conv_impl` is MindSpore's Conv2d by default: our matmul convolution is faster over the first steps,
+    but its step time grows run after run of steps (notebook 07), so long training keeps the steady one."""
 
     def __init__(self, model_cfg: ModelConfig, train_cfg: TrainConfig, out: str | Path, *,
                  spect: SpectConfig = SpectConfig(), pretrained: str | Path | None = None,
-                 rank: int | None = None, world: int | None = None, conv_impl: str = "matmul",
+                 rank: int | None = None, world: int | None = None, conv_impl: str = "native",
                  amp: str | None = None) -> None:
         set_mode(train_cfg.mode)
         if rank is None or world is None:

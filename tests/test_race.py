@@ -1,0 +1,64 @@
+"""Time-to-accuracy race: the bookkeeping on known curves, and one short real race on the tiny corpus."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from ds2_helpers import race
+from ds2_helpers.dataset import SpeechData
+
+
+def _curve(name: str, cers: list[float], every: float = 60.0) -> list[dict]:
+    return [{"name": name, "train_seconds": every * (k + 1), "step": 10 * (k + 1), "epoch": 0, "cer": c, "wer": c,
+             "utterances": 100, "parameters": 1000} for k, c in enumerate(cers)]
+
+
+def test_time_to_target_takes_the_first_evaluation_at_or_below_each_target():
+    curve = _curve("a", [0.9, 0.7, 0.55, 0.5]) + _curve("b", [0.95, 0.85, 0.79])
+    table = race.time_to_target(curve, [0.8, 0.6]).set_index("name")
+    assert table.loc["a", "minutes_to_cer_0.8"] == pytest.approx(2.0)
+    assert table.loc["a", "minutes_to_cer_0.6"] == pytest.approx(3.0)
+    assert table.loc["b", "minutes_to_cer_0.8"] == pytest.approx(3.0)
+    assert math.isnan(table.loc["b", "minutes_to_cer_0.6"])
+    assert table.loc["a", "best_cer"] == pytest.approx(0.5)
+
+
+def test_early_stop_ends_after_patience_evaluations_without_improvement():
+    curve = _curve("a", [0.9, 0.6, 0.5, 0.505, 0.498, 0.502, 0.49, 0.48])
+    stop = race.early_stop(curve, "a", patience=3, min_delta=0.01)
+    assert stop["stopped"] and stop["stop_minutes"] == pytest.approx(6.0)  # 3 evaluations after the 0.5 at minute 3
+    assert stop["minutes_saved"] == pytest.approx(2.0)
+    assert stop["best_cer"] == pytest.approx(0.498)
+    still_learning = race.early_stop(_curve("b", [0.9, 0.7, 0.5, 0.3]), "b", patience=2)
+    assert not still_learning["stopped"] and still_learning["minutes_saved"] == 0.0
+
+
+def test_contestants_change_one_thing_each():
+    base, *others = race.contestants(1200)
+    assert base.model_config() == race.RaceConfig("x").model_config() and base.limit is None
+    assert others[0].model_config().hidden_layers == 1
+    assert others[1].model_config().hidden_size == 96
+    assert others[2].limit == 600 and others[2].model_config() == base.model_config()
+
+
+@pytest.mark.slow
+def test_race_trains_for_the_budget_and_scores_held_out_speakers(tiny_corpus, tmp_path):
+    configs = [race.RaceConfig("tiny mini"), race.RaceConfig("one layer", hidden_layers=1, limit=24)]
+    curve = race.run(configs, tiny_corpus / "train.csv", tiny_corpus / "dev.csv", tmp_path, seconds=12.0,
+                     eval_every=3.0, eval_limit=4, batch_size=4, mode="pynative")
+    for name in ("tiny mini", "one layer"):
+        points = [r for r in curve if r["name"] == name]
+        assert len(points) >= 2
+        assert points[-1]["train_seconds"] >= 12.0
+        assert all(a["step"] < b["step"] for a, b in zip(points, points[1:]))
+        assert all(0.0 <= p["cer"] for p in points)
+    one = [r for r in curve if r["name"] == "one layer"][0]
+    full = [r for r in curve if r["name"] == "tiny mini"][0]
+    available = len(SpeechData(tiny_corpus / "train.csv"))
+    assert one["parameters"] < full["parameters"]
+    assert (one["utterances"], full["utterances"]) == (min(24, available), available)
+    saved = json.loads((tmp_path / "race.json").read_text())
+    assert saved["curve"] == json.loads(json.dumps(curve))
