@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ds2_helpers.environment import usable_cores
+
 #: LibriSpeech train-clean-100: the epoch the course asks about.
 EPOCH_UTTERANCES = 28_539
 EPOCH_AUDIO_HOURS = 100.6
@@ -212,7 +214,7 @@ def machine() -> dict:
                    if l.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = usable_cores()
     return {"cpu": cpu, "cores": cores, "python": platform.python_version(), "platform": platform.platform()}
 
 
@@ -311,7 +313,7 @@ def data_parallel_rates(manifest, out_dir, *, preset: str = "mini", batch_size: 
 
     bindir = Path(sys.executable).parent
     env = dict(os.environ, PATH=f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}", GLOG_v="3")
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = usable_cores()
     rows = []
     for w in workers:
         out = Path(out_dir) / f"workers{w}"

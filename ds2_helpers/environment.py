@@ -35,9 +35,14 @@ def package_report():
     return pd.DataFrame(rows)
 
 
+def usable_cores() -> int:
+    """Cores this process may run on (a container or taskset can allow fewer than the machine has)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def machine_report() -> dict[str, object]:
     """Python, OS, cores usable by this process, thread settings that change speed."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = usable_cores()
     return {"python": sys.version.split()[0], "platform": platform.platform(), "machine": platform.machine(),
             "cores (usable)": cores, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "(unset)"),
             "memory (GiB)": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)}

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import replace
 
 from ds2_helpers.bench import BenchConfig, course_config
+from ds2_helpers.environment import usable_cores
 
 
 def random_batch_padding(batch_size: int, manifest=None) -> float:
@@ -26,7 +26,7 @@ def random_batch_padding(batch_size: int, manifest=None) -> float:
 
 def experiments(quick: bool = False, only: list[str] | None = None, manifest=None) -> list[BenchConfig]:
     """The full list (paper model, 12.7 s utterances) or a quick one (same axes, small shapes) for CI."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = usable_cores()
     # quick: 2 s utterances padded to 4 s (the full run pads 12.7 s to 12.5 s: there the waste is in short ones)
     size = {"preset": "mini", "seconds": 2.0, "fixed_frames": 400} if quick else {}
     course = course_config(**size)

@@ -123,6 +123,7 @@ def run(configs: list[RaceConfig], train_manifest, eval_manifest, out, *, second
         **kwargs) -> list[dict]:
     """Every contestant with the same budget, one after the other; the curves go to out/race.json."""
     from ds2_helpers.bench import machine
+    from ds2_helpers.librispeech import atomic_write_text
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -131,11 +132,9 @@ def run(configs: list[RaceConfig], train_manifest, eval_manifest, out, *, second
         print(f"[{k + 1}/{len(configs)}] {cfg.name}: {seconds / 60:.1f} min of training", flush=True)
         curve += race_one(cfg, train_manifest, eval_manifest, out / f"run{k}", seconds=seconds,
                           eval_every=eval_every, **kwargs)
-        tmp = out / "race.json.tmp"
-        tmp.write_text(json.dumps({"machine": machine(), "measured": time.strftime("%Y-%m-%d %H:%M"),
-                                   "configs": [asdict(c) for c in configs], "seconds": seconds, "curve": curve},
-                                  indent=1))
-        tmp.replace(out / "race.json")
+        atomic_write_text(out / "race.json", json.dumps({
+            "machine": machine(), "measured": time.strftime("%Y-%m-%d %H:%M"),
+            "configs": [asdict(c) for c in configs], "seconds": seconds, "curve": curve}, indent=1))
     return curve
 
 
