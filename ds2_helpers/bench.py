@@ -226,7 +226,7 @@ def write_results(results: list[dict], out: str | Path) -> dict[str, Path]:
     import matplotlib.pyplot as plt
     import pandas as pd
 
-    from ds2_helpers.librispeech import atomic_write_text
+    from ds2_helpers.atomic import atomic_write_text
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -292,7 +292,17 @@ def pipeline_rates(manifest, *, batch_size: int = 8, batches: int = 12, workers:
     chosen = make_batches(data.durations, batch_size, order="bucketed")[:batches]
     audio = float(sum(data.durations[i] for b in chosen for i in b))
     rows = [timed("in the loop, features computed on the fly", data, lambda: [data.batch(b) for b in chosen]),
-            timed("in the loop, features cached (epoch 2 onwards)", data, lambda: [data.batch(b) for b in chosen])]
+            timed("in the loop, features cached in RAM (epoch 2 onwards)", data,
+                  lambda: [data.batch(b) for b in chosen])]
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:  # --feature-cache DIR: written in epoch 1, read after
+        disk = SpeechData(manifest, cache=folder)
+        rows.append(timed("in the loop, on-disk cache, first epoch (compute + write)", disk,
+                          lambda: [disk.batch(b) for b in chosen]))
+        disk = SpeechData(manifest, cache=folder)
+        rows.append(timed("in the loop, on-disk cache (--feature-cache), epoch 2 onwards", disk,
+                          lambda: [disk.batch(b) for b in chosen]))
     for w in workers:
         fresh = SpeechData(manifest, cache=False)
         pipe = ms_pipeline(fresh, chosen, workers=w, prefetch=prefetch)

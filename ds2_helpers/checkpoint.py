@@ -1,10 +1,32 @@
 """Checkpoints: atomic save with training state, keep-last-k, diagnosed loading, and the MindSpore 1.x converter.
 
-MindSpore 1.x (< 1.5) kept one flat `weight` per nn.LSTM, in the cuDNN layout the model zoo trained
-with on GPU: for each direction (forward, then reverse) W_ih [4H, in] then W_hh [4H, H], row-major;
-after all weights, for each direction b_ih [4H] then b_hh [4H]. The gates inside each 4H block are
-in cuDNN's order i, f, g (cell candidate), o - the order MindSpore 2.x uses too, so by default the
-converter only slices; `gate_order` remaps a checkpoint packed with another order.
+The course's pretrained DeepSpeech.ckpt comes from the MindSpore model zoo's 1.x DeepSpeech2
+(research/audio/deepspeech2/src/deepspeech2.py in mindspore-ai/models, branches r1.2 to r1.5; master moved it
+to official/audio/DeepSpeech2 and to per-layer nn.LSTM in Dec 2021). Its BatchRNN keeps ONE flat weight per
+bidirectional LSTM layer, `RNN.weight{N}` of shape (size, 1, 1), and fills it with
+`(input + hidden) * hidden * 2 directions * 4` weights plus a bias of `2 directions * hidden * 4 * 2` values when
+`device_target == "GPU"`, else `2 * hidden * 4` (one bias per direction). The two packings differ by 4H values per
+direction and are told apart by the size alone (H = hidden size, "in" = the layer's input size):
+
+* "gpu" (cuDNN; MindSpore's GPU LSTM kernel hands the flat weight to cuDNN, and MindSpore's own test
+  tests/st/ops/gpu/test_lstm_op.py packs it as wih, whh, wih_reverse, whh_reverse, bih, bhh, bih_reverse,
+  bhh_reverse): for each direction (forward, then reverse) W_ih [4H, in] then W_hh [4H, H]; then for each
+  direction b_ih [4H] then b_hh [4H].
+* "cpu" (oneDNN; mindspore/ccsrc/backend/kernel_compiler/cpu/mkldnn/lstm_cpu_kernel.cc of MindSpore 1.x reads
+  the flat weight as weights_layer dims {layers, directions, in, 4, H} in format ldgoi, then, at offset
+  weight_size_, weights_iter {layers, directions, H, 4, H} in ldgoi, then, at weight_size_ + weight_h_size_,
+  the bias {layers, directions, 4, H} in ldgo): W_ih forward, W_ih reverse (each [4H, in]), then W_hh forward,
+  W_hh reverse (each [4H, H]), then one bias per direction ([4H] forward, [4H] reverse). oneDNN adds that one
+  bias to W_ih x + W_hh h, so it stands for b_ih + b_hh: the converter puts it in bias_ih and zeros in bias_hh,
+  the same LSTM; pack_v1 packs b_ih + b_hh into it.
+
+Within every 4H block the gates are i, f, g (cell candidate), o in both (cuDNN's order; oneDNN's
+src/cpu/rnn/ref_postgemm_lstm.cpp uses gate 0 = input, 1 = forget, 2 = candidate, 3 = output) - MindSpore 2.x's
+order too, so by default the converter only slices; `gate_order` remaps a checkpoint packed with another order.
+
+Caveat: a 1.x nn.LSTM (`RNN.lstms.{N}.weight`, mindspore/nn/layer/lstm.py) allocated two biases per direction
+on every device but Ascend, while the CPU kernel reads it in the "cpu" order; such a file trained on CPU has the
+GPU size and converts as "gpu", wrongly. The zoo's BatchRNN, which sized its own weights, does not have this problem.
 """
 
 from __future__ import annotations
@@ -26,6 +48,7 @@ PRETRAINED_URL = ("https://ascend-professional-construction-dataset.obs.cn-north
                   "ASR/DeepSpeech.ckpt")
 OPTIMIZER_PREFIXES = ("moment1", "moment2", "beta1_power", "beta2_power", "learning_rate", "global_step", "step")
 TARGET_GATES = "ifgo"
+PACKINGS = ("gpu", "cpu")
 _FLAT_NAME = re.compile(r"^(?:RNN\.|rnn\.)?(?:lstms\.(\d+)\.weight|weight(\d+)|lstms\.(\d+)\.rnn\.weight)$")
 
 
@@ -92,7 +115,8 @@ def load_into(net: nn.Cell, path: str | Path, *, convert: bool = True) -> dict:
     arrays, meta = read(path)
     arrays = network_arrays(arrays)
     if convert and any(_FLAT_NAME.match(n) for n in arrays):
-        arrays = convert_v1(arrays, net)
+        meta = {**meta, "v1_packing": detect_packing(arrays, net)}
+        arrays = convert_v1(arrays, net, packing=meta["v1_packing"])
     check_compatible(net, arrays, str(path))
     ms.load_param_into_net(net, {k: ms.Parameter(ms.Tensor(v), name=k) for k, v in arrays.items()},
                            strict_load=True)
@@ -112,53 +136,98 @@ def _flat_layer_index(name: str) -> int:
     return int(next(g for g in match.groups() if g is not None))
 
 
-def convert_v1(arrays: dict[str, np.ndarray], net: nn.Cell, *, gate_order: str = "ifgo") -> dict[str, np.ndarray]:
-    """Split 1.x flat LSTM weights into MindSpore 2.x per-direction parameters (see module docstring)."""
+def flat_layout(shapes: dict[str, tuple], layer: int, packing: str) -> list[tuple[str, tuple]]:
+    """The (2.x parameter, shape) pieces of LSTM layer `layer`'s flat 1.x weight, in their order in `packing`.
+    A "cpu" weight has one bias per direction; it is listed under bias_ih (see the module docstring)."""
+    p, dirs = f"RNN.lstms.{layer}.", ("l0", "l0_reverse")
+    if packing == "gpu":
+        names = [f"{p}{kind}_{d}" for pair in (("weight_ih", "weight_hh"), ("bias_ih", "bias_hh"))
+                 for d in dirs for kind in pair]
+    elif packing == "cpu":
+        names = [f"{p}{kind}_{d}" for kind in ("weight_ih", "weight_hh", "bias_ih") for d in dirs]
+    else:
+        raise CheckpointError(f"packing {packing!r}: use one of {', '.join(PACKINGS)}")
+    return [(n, tuple(shapes[n])) for n in names]
+
+
+def _flat_weights(arrays: dict[str, np.ndarray]) -> list[str]:
+    return sorted((k for k in arrays if _FLAT_NAME.match(k)), key=_flat_layer_index)
+
+
+def detect_packing(arrays: dict[str, np.ndarray], net: nn.Cell) -> str:
+    """"gpu" or "cpu": which packing the 1.x flat LSTM weights are in, from their sizes for this network."""
+    shapes = {p.name: tuple(p.shape) for p in net.get_parameters()}
+    flats = _flat_weights(arrays)
+    layers = len({n.split(".")[2] for n in shapes if n.startswith("RNN.lstms.")})
+    if not flats:
+        raise CheckpointError("no flat MindSpore 1.x LSTM weights (RNN.weight0, ...) in the checkpoint: "
+                              "it needs no conversion")
+    if len(flats) != layers:
+        raise CheckpointError(f"the checkpoint has {len(flats)} flat LSTM weights ({', '.join(flats)}) but the "
+                              f"network has {layers} LSTM layers: check --preset (paper or mini)")
+    found = set()
+    for layer, name in enumerate(flats):
+        size = int(np.asarray(arrays[name]).size)
+        need = {k: sum(int(np.prod(s)) for _, s in flat_layout(shapes, layer, k)) for k in PACKINGS}
+        match = [k for k, n in need.items() if n == size]
+        if not match:
+            raise CheckpointError(
+                f"{name} (LSTM layer {layer}) has {size} values, but this network needs {need['gpu']} "
+                f"(GPU/cuDNN packing, two biases per direction) or {need['cpu']} (CPU/oneDNN packing, one bias "
+                f"per direction): the hidden or input size differs, check --preset (paper or mini)")
+        found.add(match[0])
+    if len(found) > 1:
+        raise CheckpointError(f"the flat LSTM weights mix the GPU and CPU packings ({', '.join(flats)})")
+    return found.pop()
+
+
+def convert_v1(arrays: dict[str, np.ndarray], net: nn.Cell, *, gate_order: str = "ifgo",
+               packing: str | None = None) -> dict[str, np.ndarray]:
+    """Split 1.x flat LSTM weights into MindSpore 2.x per-direction parameters (see module docstring);
+    the packing is detected from the sizes unless given."""
+    packing = packing or detect_packing(arrays, net)
     out = {k: v for k, v in network_arrays(arrays).items() if not _FLAT_NAME.match(k)}
     shapes = {p.name: tuple(p.shape) for p in net.get_parameters()}
-    flats = sorted((k for k in arrays if _FLAT_NAME.match(k)), key=_flat_layer_index)
-    for layer, name in enumerate(flats):
+    for layer, name in enumerate(_flat_weights(arrays)):
         flat = np.asarray(arrays[name], dtype=np.float32).reshape(-1)
-        prefix = f"RNN.lstms.{layer}."
-        order = [f"{prefix}weight_ih_l0", f"{prefix}weight_hh_l0", f"{prefix}weight_ih_l0_reverse",
-                 f"{prefix}weight_hh_l0_reverse", f"{prefix}bias_ih_l0", f"{prefix}bias_hh_l0",
-                 f"{prefix}bias_ih_l0_reverse", f"{prefix}bias_hh_l0_reverse"]
-        missing = [n for n in order if n not in shapes]
-        if missing:
-            raise CheckpointError(f"{name}: the network has no {missing[0]}; "
-                                  f"the checkpoint has {len(flats)} LSTM layers, is the preset right?")
-        need = sum(int(np.prod(shapes[n])) for n in order)
-        if flat.size != need:
-            raise CheckpointError(f"{name}: {flat.size} values, but layer {layer} of the network needs {need} "
-                                  f"(hidden size or input size differ: check --preset)")
         offset = 0
-        for n in order:
-            size = int(np.prod(shapes[n]))
-            out[n] = _reorder_gates(flat[offset: offset + size].reshape(shapes[n]), gate_order)
+        for n, shape in flat_layout(shapes, layer, packing):
+            size = int(np.prod(shape))
+            out[n] = _reorder_gates(flat[offset: offset + size].reshape(shape), gate_order)
             offset += size
+            if packing == "cpu" and "bias_ih" in n:  # the one bias already holds b_ih + b_hh
+                out[n.replace("bias_ih", "bias_hh")] = np.zeros(shape, np.float32)
     return out
 
 
-def pack_v1(arrays: dict[str, np.ndarray], layers: int, *, gate_order: str = "ifgo") -> dict[str, np.ndarray]:
-    """The inverse of convert_v1: build a 1.x-style checkpoint (used to test the converter on known weights)."""
+def pack_v1(arrays: dict[str, np.ndarray], layers: int, *, gate_order: str = "ifgo",
+            packing: str = "gpu") -> dict[str, np.ndarray]:
+    """The inverse of convert_v1: build a 1.x-style checkpoint (used to test the converter on known weights).
+    The "cpu" packing has one bias per direction: it gets bias_ih + bias_hh, which computes the same LSTM
+    (converting it back gives that sum as bias_ih and zeros as bias_hh)."""
     out = {k: v for k, v in arrays.items() if not k.startswith("RNN.lstms.")}
+    shapes = {k: np.shape(v) for k, v in arrays.items()}
     for layer in range(layers):
-        p = f"RNN.lstms.{layer}."
-        order = ["weight_ih_l0", "weight_hh_l0", "weight_ih_l0_reverse", "weight_hh_l0_reverse", "bias_ih_l0",
-                 "bias_hh_l0", "bias_ih_l0_reverse", "bias_hh_l0_reverse"]
-        pieces = [_reorder_gates(arrays[p + n], TARGET_GATES, gate_order).reshape(-1) for n in order]
-        flat = np.concatenate(pieces)
-        out[f"RNN.weight{layer}"] = flat.reshape(-1, 1, 1)
+        pieces = []
+        for n, _ in flat_layout(shapes, layer, packing):
+            value = arrays[n]
+            if packing == "cpu" and "bias_ih" in n:
+                value = value + arrays[n.replace("bias_ih", "bias_hh")]
+            pieces.append(_reorder_gates(value, TARGET_GATES, gate_order).reshape(-1))
+        out[f"RNN.weight{layer}"] = np.concatenate(pieces).reshape(-1, 1, 1)
     return out
 
 
-def convert_file(src: str | Path, dst: str | Path, net: nn.Cell, *, gate_order: str = "ifgo") -> Path:
-    """Convert a 1.x DeepSpeech2 checkpoint file for `net`; Adam moments are dropped."""
+def convert_file(src: str | Path, dst: str | Path, net: nn.Cell, *, gate_order: str = "ifgo") -> tuple[Path, str]:
+    """Convert a 1.x DeepSpeech2 checkpoint file for `net`; Adam moments are dropped.
+    Returns the written path and the detected packing ("gpu" or "cpu"), which the metadata records too."""
     arrays, _ = read(src)
-    converted = convert_v1(arrays, net, gate_order=gate_order)
+    packing = detect_packing(arrays, net)
+    converted = convert_v1(arrays, net, gate_order=gate_order, packing=packing)
     check_compatible(net, converted, f"{src} (converted)")
     params = [{"name": k, "data": ms.Tensor(v)} for k, v in converted.items()]
-    return save(dst, params, {"converted_from": str(src), "gate_order": gate_order})
+    meta = {"converted_from": str(src), "gate_order": gate_order, "packing": packing}
+    return save(dst, params, meta), packing
 
 
 def download_pretrained(dest: str | Path, *, progress: bool = True, url: str = PRETRAINED_URL,

@@ -11,11 +11,15 @@ from ds2_helpers import paths
 
 def cmd_minicorpus(args: argparse.Namespace) -> int:
     """Synthesise the embedded mini corpus and its manifests."""
-    from ds2_helpers.minicorpus import SPLITS, build_minicorpus
+    from ds2_helpers.minicorpus import SPLITS, build_librispeech_like, build_minicorpus
     from ds2_helpers.librispeech import build_manifest
 
-    counts = build_minicorpus(args.out, speakers=args.speakers, utterances_per_speaker=args.utterances_per_speaker,
-                              seed=args.seed, progress=not args.quiet)
+    if args.profile == "librispeech":
+        counts = build_librispeech_like(args.out, hours=args.hours, speakers=args.speakers, seed=args.seed,
+                                        progress=not args.quiet)
+    else:
+        counts = build_minicorpus(args.out, speakers=args.speakers, utterances_per_speaker=args.utterances_per_speaker,
+                                  seed=args.seed, progress=not args.quiet)
     for split in SPLITS:
         out = Path(args.out) / f"{split}.csv"
         report = build_manifest(args.out, split, out, strict=True)
@@ -57,6 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=str(paths.mini_corpus_dir()))
     p.add_argument("--speakers", type=int, default=32)
     p.add_argument("--utterances-per-speaker", type=int, default=50)
+    p.add_argument("--profile", choices=["mini", "librispeech"], default="mini",
+                   help="mini: 2-3 s sentences; librispeech: utterances of 1-25 s like train-clean-100 "
+                        "(test up to 35 s), sentences of one voice joined")
+    p.add_argument("--hours", type=float, default=1.0, help="hours of train audio for --profile librispeech")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_minicorpus)

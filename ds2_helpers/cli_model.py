@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 
@@ -13,9 +14,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ds2_helpers.train import Trainer, write_run_config
 
     overrides = {k: v for k, v in {
-        "batch_size": args.batch_size, "epochs": args.epochs, "learning_rate": args.lr, "mode": args.mode,
-        "seed": args.seed, "save_every": args.save_every, "keep_last": args.keep_last,
-        "freeze_conv": args.freeze_conv or None, "freeze_rnn_layers": args.freeze_rnn_layers}.items()
+        "batch_size": args.batch_size, "batch_seconds": args.batch_seconds, "epochs": args.epochs,
+        "learning_rate": args.lr, "mode": args.mode, "seed": args.seed, "save_every": args.save_every,
+        "keep_last": args.keep_last, "freeze_conv": args.freeze_conv or None,
+        "freeze_rnn_layers": args.freeze_rnn_layers, "dynamic_shapes": False if args.static_shapes else None,
+        "release_memory": args.release_memory}.items()
         if v is not None}
     train_cfg = train_preset(args.preset, **overrides)
     model_cfg = model_preset(args.preset)
@@ -23,20 +26,26 @@ def cmd_train(args: argparse.Namespace) -> int:
         import mindspore as ms
 
         ms.set_context(runtime_num_threads=args.threads)
-    spect = SpectConfig(window=args.window)
+    spect = SpectConfig(window=args.window, periodic_window=args.periodic_window)
     out = Path(args.out)
+    # No feature cache in RAM (train-clean-100's spectrograms are ~23 GB); --feature-cache keeps them on disk.
+    data = SpeechData(args.manifest, spect, max_duration=args.max_duration, limit=args.limit,
+                      cache=args.feature_cache or False)
+    for msg in data.skipped:
+        print(f"skipped: {msg}")
+    if args.preflight and int(os.environ.get("MS_WORKER_NUM", "1")) <= 1:
+        _preflight(args, train_cfg, spect, data)
     trainer = Trainer(model_cfg, train_cfg, out, spect=spect, conv_impl=args.conv,
                       pretrained=None if args.resume and _has_checkpoint(out) else args.pretrained)
     if args.resume and trainer.resume():
         s = trainer.state
         print(f"resuming at epoch {s.epoch + 1}, step {s.step_in_epoch} of that epoch (global step {s.global_step})")
     write_run_config(out, model=model_cfg, train=train_cfg, spect=spect)
-    data = SpeechData(args.manifest, spect, max_duration=args.max_duration, limit=args.limit)
-    for msg in data.skipped:
-        print(f"skipped: {msg}")
     if trainer.rank == 0:
+        batching = (f"batches of up to {train_cfg.batch_seconds:g} padded seconds (at most {train_cfg.batch_size})"
+                    if train_cfg.batch_seconds else f"batch {train_cfg.batch_size}")
         print(f"training {args.preset} on {len(data)} utterances ({data.durations.sum() / 3600:.2f} h), "
-              f"batch {train_cfg.batch_size}, {train_cfg.epochs} epoch(s), {train_cfg.mode} mode, "
+              f"{batching}, {train_cfg.epochs} epoch(s), {train_cfg.mode} mode, "
               f"rank {trainer.rank}/{trainer.world} -> {out}", flush=True)
     trainer.fit(data, max_steps=args.max_steps, pad_multiple=args.pad_multiple)
     if trainer.world > 1:
@@ -44,6 +53,45 @@ def cmd_train(args: argparse.Namespace) -> int:
     if trainer.rank == 0:
         final = trainer.export_weights(args.weights_out or out / "final.ckpt")
         print(f"weights: {final}")
+    return 0
+
+
+def _preflight(args: argparse.Namespace, train_cfg, spect, data) -> None:
+    """One step of the run's largest batch in a child process, before hours of training depend on it."""
+    from ds2_helpers.features import n_frames
+    from ds2_helpers.plan import largest_batch, preflight
+    from ds2_helpers.train import epoch_batches
+
+    batches = epoch_batches(train_cfg, spect, data, 0, pad_multiple=args.pad_multiple)
+    frames = [n_frames(int(round(d * spect.sample_rate)), spect) for d in data.durations]
+    batch, padded = largest_batch(batches, frames, args.pad_multiple)
+    print(f"preflight: one step of the largest batch ({batch} x {padded / 100:.1f} s) ...", flush=True)
+    result = preflight(args.preset, batch, padded, conv=args.conv, mode=train_cfg.mode, freeze_conv=train_cfg.freeze_conv,
+                       freeze_rnn_layers=train_cfg.freeze_rnn_layers)
+    print(f"preflight: fits, peak {result['peak_gb']:.1f} GB of {result['memory_available_gb']:.1f} GB available, "
+          f"{result['step_seconds']:.1f} s for that step", flush=True)
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    """Measure this machine's memory per padded audio second and project the epoch of a manifest."""
+    from ds2_helpers.atomic import atomic_write_text
+    from ds2_helpers.config import model_preset
+    from ds2_helpers.librispeech import read_manifest
+    from ds2_helpers.plan import format_plan, make_plan, measure
+
+    frame = read_manifest(args.manifest)
+    fit = measure(args.preset, seconds=args.probe_seconds, conv=args.conv)
+    from ds2_helpers.model import DeepSpeech2, count_parameters
+
+    params = count_parameters(DeepSpeech2(model_preset(args.preset)))
+    plan = make_plan(frame.duration.to_numpy(), fit, memory_gb=args.memory_gb, batch_size=args.batch_size,
+                     batch_seconds=args.batch_seconds, parameters=params)
+    print(format_plan(plan, list(frame.utterance_id)))
+    if args.out:
+        import json
+
+        atomic_write_text(args.out, json.dumps(plan, indent=2))
+        print(f"wrote {args.out}")
     return 0
 
 
@@ -65,8 +113,9 @@ def cmd_pretrained(args: argparse.Namespace) -> int:
     from ds2_helpers.model import DeepSpeech2
 
     net = DeepSpeech2(model_preset(args.preset))
-    out = ckpt.convert_file(args.checkpoint, args.out, net, gate_order=args.gate_order)
-    print(f"converted {args.checkpoint} -> {out}")
+    out, packing = ckpt.convert_file(args.checkpoint, args.out, net, gate_order=args.gate_order)
+    kind = {"gpu": "GPU/cuDNN: two biases per direction", "cpu": "CPU/oneDNN: one bias per direction"}[packing]
+    print(f"converted {args.checkpoint} -> {out} (detected {packing} packing, {kind})")
     return 0
 
 
@@ -82,7 +131,7 @@ def load_model(checkpoint: str, preset: str | None = None):
     _, meta = ckpt.read(checkpoint)
     cfg = model_preset(preset) if preset else from_dict(ModelConfig, meta["model"]) if "model" in meta else \
         model_preset("paper")
-    spect = from_dict(SpectConfig, meta["spect"]) if "spect" in meta else SpectConfig()
+    spect = SpectConfig.from_meta(meta)  # metadata older than `periodic_window` means the periodic window
     net = DeepSpeech2(cfg)
     ckpt.load_into(net, checkpoint)
     net.set_train(False)
@@ -99,7 +148,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     net, spect = load_model(args.checkpoint, args.preset)
     data = SpeechData(args.manifest, spect, limit=args.limit)
     results, summary = evaluate(net, data, batch_size=args.batch_size, progress=True, decoder=args.decoder,
-                                beam_width=args.beam_width, lm_path=args.lm)
+                                beam_width=args.beam_width, lm_path=args.lm, batch_seconds=args.batch_seconds)
     summary.update(checkpoint=str(args.checkpoint), manifest=str(args.manifest), decoder=args.decoder)
     if args.out:
         out = Path(args.out)
@@ -140,6 +189,22 @@ def cmd_export(args: argparse.Namespace) -> int:
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB) for inputs up to {args.frames} frames "
           f"({args.frames / 100:.0f} s); max |difference| to the checkpoint on a test input: {diff:.2e}")
     return 0 if diff < 1e-4 else 1
+
+
+def cmd_rehearse(args: argparse.Namespace) -> int:
+    """The real job's steps on a LibriSpeech-shaped corpus: plan, preflight, train, kill, resume, evaluate, export."""
+    from dataclasses import replace
+
+    from ds2_helpers.rehearse import RehearsalConfig, rehearse
+
+    cfg = RehearsalConfig.small() if args.small else RehearsalConfig()
+    overrides = {k: v for k, v in {"preset": args.preset, "hours": args.hours, "steps": args.steps,
+                                   "batch_seconds": args.batch_seconds}.items() if v is not None}
+    summary = rehearse(args.out, replace(cfg, **overrides))
+    print(f"rehearsal done: peak {summary['peak_rss_gb']:.2f} GB, resumed at global step "
+          f"{summary['resumed_at_global_step']}, CER on the {len(summary['evaluated_seconds'])} longest test "
+          f"utterances {summary['evaluation']['cer']:.3f}; summary in {Path(args.out) / 'rehearsal.json'}")
+    return 0
 
 
 def cmd_bench_one(args: argparse.Namespace) -> int:
@@ -206,16 +271,55 @@ def add_commands(sub) -> None:
                         "but slower and slower in long runs: notebook 07)")
     p.add_argument("--max-duration", type=float, help="skip utterances longer than this (seconds)")
     p.add_argument("--limit", type=int, help="use only the first N utterances of the manifest")
-    p.add_argument("--pad-multiple", type=int, default=64, help="round padded frames up (fewer graph compiles)")
-    p.add_argument("--window", default="hamming")
+    p.add_argument("--pad-multiple", type=int, default=64, help="round padded frames up to a multiple of this")
+    p.add_argument("--batch-seconds", type=float,
+                   help="padded audio seconds per batch (the batch size then varies with length, --batch-size is "
+                        "an upper bound); `plan` measures what fits")
+    p.add_argument("--feature-cache", metavar="DIR",
+                   help="keep spectrograms on disk in DIR (one file per utterance; shareable between runs)")
+    p.add_argument("--release-memory", choices=["auto", "always", "never"],
+                   help="give back MindSpore's per-shape memory: auto (default: once memory has grown by a quarter "
+                        "since the last release), always (every step, slower), never (memory grows with every "
+                        "new batch shape)")
+    p.add_argument("--static-shapes", action="store_true",
+                   help="compile one graph per batch shape (each keeps its memory: for comparison only)")
+    p.add_argument("--preflight", action=argparse.BooleanOptionalAction, default=True,
+                   help="first run one step of the largest batch in a child process (fails early if it "
+                        "does not fit)")
+    p.add_argument("--window", default="hamming", help="analysis window: hamming (the model zoo's), hann, ...")
+    p.add_argument("--periodic-window", action=argparse.BooleanOptionalAction, default=True,
+                   help="periodic window as librosa makes from a window name (the zoo's and the pretrained "
+                        "checkpoints'); --no-periodic-window: the symmetric scipy.signal.windows one")
     p.add_argument("--weights-out", help="also write the final weights-only checkpoint here")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("rehearse", help="rehearse the real job on a LibriSpeech-shaped synthetic corpus")
+    p.add_argument("--out", default="runs/rehearsal")
+    p.add_argument("--small", action="store_true", help="the mini preset on a few minutes of audio (make test)")
+    p.add_argument("--preset", choices=["paper", "mini"])
+    p.add_argument("--hours", type=float, help="hours of synthetic train audio")
+    p.add_argument("--steps", type=int, help="training steps in all (the run is killed and resumed on the way)")
+    p.add_argument("--batch-seconds", type=float, help="instead of what `plan` finds")
+    p.set_defaults(func=cmd_rehearse)
+
+    p = sub.add_parser("plan", help="measure memory per padded audio second here and plan a training run")
+    p.add_argument("--preset", default="paper", choices=["paper", "mini"])
+    p.add_argument("--manifest", required=True)
+    p.add_argument("--memory-gb", type=float, help="plan for this much memory instead of what is available now")
+    p.add_argument("--batch-size", type=int, default=64, help="upper bound on utterances per batch")
+    p.add_argument("--batch-seconds", type=float, help="plan this batch size instead of the largest that fits")
+    p.add_argument("--probe-seconds", type=float, default=10.0, help="utterance length of the measured steps")
+    p.add_argument("--conv", choices=["native", "matmul"], default="native", help="as `train --conv`")
+    p.add_argument("--out", help="also write the plan as JSON here")
+    p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("evaluate", help="WER/CER of a checkpoint over a manifest")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--manifest", required=True)
     p.add_argument("--preset", choices=["paper", "mini"], help="only for checkpoints that do not record it")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=16, help="upper bound on utterances per batch")
+    p.add_argument("--batch-seconds", type=float, default=160.0,
+                   help="padded audio seconds per batch (memory grows with it; 0 for fixed --batch-size batches)")
     p.add_argument("--limit", type=int)
     p.add_argument("--decoder", choices=["greedy", "beam"], default="greedy")
     p.add_argument("--beam-width", type=int, default=32)
@@ -234,7 +338,9 @@ def add_commands(sub) -> None:
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--preset", choices=["paper", "mini"])
     p.add_argument("--format", choices=["MINDIR", "ONNX"], default="MINDIR")
-    p.add_argument("--frames", type=int, default=3000, help="fixed input length (frames of 10 ms; inputs are padded)")
+    p.add_argument("--frames", type=int, default=3600,
+                   help="fixed input length in 10-ms frames (default 36 s: test-clean's longest is 35 s; inputs are "
+                        "padded)")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_export)
 
@@ -268,9 +374,10 @@ def add_commands(sub) -> None:
     d.add_argument("--out", default="DeepSpeech.ckpt")
     d.add_argument("--expected-size", type=int)
     d.set_defaults(func=cmd_pretrained)
-    c = psub.add_parser("convert", help="convert a MindSpore 1.x DeepSpeech2 checkpoint (flat LSTM weights)")
+    c = psub.add_parser("convert", help="convert a MindSpore 1.x DeepSpeech2 checkpoint (flat LSTM weights; "
+                                       "GPU or CPU packing, detected from the sizes)")
     c.add_argument("--checkpoint", required=True)
     c.add_argument("--out", required=True)
     c.add_argument("--preset", default="paper", choices=["paper", "mini"])
-    c.add_argument("--gate-order", default="ifgo")
+    c.add_argument("--gate-order", default="ifgo", help="gate order inside the flat weight (default: i, f, g, o)")
     c.set_defaults(func=cmd_pretrained)

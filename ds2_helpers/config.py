@@ -14,17 +14,34 @@ class ParameterError(ValueError):
 
 @dataclass(frozen=True)
 class SpectConfig:
-    """One spectrogram config for training *and* evaluation (the model zoo drifted hamming/hanning)."""
+    """One spectrogram config for training *and* evaluation (the model zoo drifted hamming/hanning).
+
+    `periodic_window`: True = the periodic window (`scipy.signal.get_window(name, n_fft, fftbins=True)`), what
+    `librosa.stft` builds from a window *name*; the model zoo hands it the name from its config, so the
+    pretrained checkpoint and every checkpoint trained here before this field existed use it. False = the
+    symmetric `scipy.signal.windows.<name>(n_fft)`, what librosa builds from a window *function* (early
+    deepspeech.pytorch passed `scipy.signal.hamming`)."""
 
     sample_rate: int = 16000
     window_size: float = 0.02
     window_stride: float = 0.01
     window: str = "hamming"
     normalize: bool = True
+    periodic_window: bool = True
 
     def __post_init__(self) -> None:
         if self.window.lower() not in WINDOW_ALIASES:
             raise ParameterError(f"unknown window {self.window!r}; use one of {sorted(WINDOW_ALIASES)}")
+
+    @classmethod
+    def from_meta(cls, meta: dict[str, Any]) -> SpectConfig:
+        """The config a checkpoint's metadata records, `SpectConfig()` if it records none.
+
+        A "spect" dict without `periodic_window` was written before the field existed, by training on the
+        periodic window: it means periodic whatever the field's default is now."""
+        if "spect" not in meta:
+            return cls()
+        return from_dict(cls, {"periodic_window": True, **meta["spect"]})
 
     @property
     def n_fft(self) -> int:
@@ -74,8 +91,12 @@ class TrainConfig:
     eps: float = 1e-8
     max_grad_norm: float = 400.0
     batch_size: int = 20
+    batch_seconds: float | None = None  # padded audio seconds per batch (batch_size is then an upper bound)
     epochs: int = 1
     mode: str = "graph"
+    dynamic_shapes: bool = True  # Graph mode: one graph for every batch shape instead of one compile per shape
+    release_memory: str = "auto"  # MindSpore keeps memory per batch shape: give it back "auto" (when memory has
+    memory_slack: float = 0.25    # grown by this share since the last release), "always" (every step) or "never"
     sortagrad: bool = True
     seed: int = 1234
     save_every: int = 200
@@ -87,6 +108,12 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.mode.lower() not in ("graph", "pynative"):
             raise ParameterError(f"mode {self.mode!r}: use 'graph' or 'pynative'")
+        if self.batch_size < 1:
+            raise ParameterError(f"batch size {self.batch_size}: use 1 or more utterances per batch")
+        if self.release_memory not in ("auto", "always", "never"):
+            raise ParameterError(f"release_memory {self.release_memory!r}: use 'auto', 'always' or 'never'")
+        if self.batch_seconds is not None and self.batch_seconds <= 0:
+            raise ParameterError(f"batch seconds {self.batch_seconds}: use a positive number of padded audio seconds")
 
 
 MODEL_PRESETS: dict[str, ModelConfig] = {

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from ds2_helpers.config import SpectConfig
+from ds2_helpers.feature_cache import FeatureCache
 from ds2_helpers.features import load_audio, n_frames, spectrogram
 from ds2_helpers.labels import BLANK_INDEX, encode
 from ds2_helpers.librispeech import read_manifest
@@ -34,17 +35,22 @@ class Batch:
 
 
 class SpeechData:
-    """A manifest's utterances with their labels; features computed on demand and optionally cached."""
+    """A manifest's utterances with their labels; features computed on demand and optionally cached.
+
+    `cache`: True keeps every spectrogram in RAM after its first use (fine for the mini corpus: ~0.2 GB; not for
+    train-clean-100: ~23 GB), False computes them every time, a folder keeps them on disk (FeatureCache)."""
 
     def __init__(self, manifest: str | Path | pd.DataFrame, spect: SpectConfig = SpectConfig(), *,
-                 cache: bool = True, max_duration: float | None = None, limit: int | None = None) -> None:
+                 cache: bool | str | Path = True, max_duration: float | None = None, limit: int | None = None
+                 ) -> None:
         frame = manifest if isinstance(manifest, pd.DataFrame) else read_manifest(manifest)
         if max_duration:
             frame = frame[frame.duration <= max_duration]
         if limit:
             frame = frame.iloc[:limit]
         self.spect = spect
-        self.cache = cache
+        self.cache = bool(cache) and not isinstance(cache, (str, Path))
+        self.disk = FeatureCache(cache, spect) if isinstance(cache, (str, Path)) else None
         self._features: dict[int, np.ndarray] = {}
         self.skipped: list[str] = []
         keep = []
@@ -70,7 +76,9 @@ class SpeechData:
         """Spectrogram [bins, frames] of utterance i (cached after the first call when `cache`)."""
         if i in self._features:
             return self._features[i]
-        feats = spectrogram(load_audio(self.frame.audio_path[i], self.spect.sample_rate), self.spect)
+        path = self.frame.audio_path[i]
+        compute = lambda: spectrogram(load_audio(path, self.spect.sample_rate), self.spect)  # noqa: E731
+        feats = self.disk.get(path, compute) if self.disk else compute()
         if self.cache:
             self._features[i] = feats
         return feats
@@ -97,10 +105,15 @@ class SpeechData:
         return Batch(x, lengths, y, y_len, [self.frame.utterance_id[i] for i in indices])
 
 
-def make_batches(durations: np.ndarray, batch_size: int, *, epoch: int = 0, seed: int = 0, order: str = "bucketed",
-                 sortagrad: bool = True, drop_last: bool = False) -> list[list[int]]:
+def make_batches(durations: np.ndarray, batch_size: int, *, batch_seconds: float | None = None,
+                 padded=None, epoch: int = 0, seed: int = 0, order: str = "bucketed", sortagrad: bool = True,
+                 drop_last: bool = False) -> list[list[int]]:
     """Index lists per step. `bucketed`: sort by length, cut into batches, shuffle the batch order
-    (SortaGrad keeps epoch 0 sorted); `sorted`: always shortest first; `random`: shuffle utterances."""
+    (SortaGrad keeps epoch 0 sorted); `sorted`: always shortest first; `random`: shuffle utterances.
+
+    With `batch_seconds` a batch holds as many utterances as fit in that many *padded* audio seconds
+    (utterances x the longest one's padded duration, `padded(seconds)`; at most `batch_size`), so short
+    utterances travel in large batches and long ones in small batches of about the same memory."""
     n = len(durations)
     rng = random.Random(seed * 100_003 + epoch)
     if order == "random":
@@ -110,11 +123,31 @@ def make_batches(durations: np.ndarray, batch_size: int, *, epoch: int = 0, seed
         idx = sorted(range(n), key=lambda i: (durations[i], i))
     else:
         raise ValueError(f"order {order!r}: use 'bucketed', 'sorted' or 'random'")
-    batches = [idx[k: k + batch_size] for k in range(0, n, batch_size)]
-    if drop_last and batches and len(batches[-1]) < batch_size:
+    batches = cut_batches(idx, durations, batch_size, batch_seconds, padded)
+    if drop_last and batches and len(batches[-1]) < batch_size and not batch_seconds:
         batches.pop()
     if order == "bucketed" and not (sortagrad and epoch == 0):
         rng.shuffle(batches)
+    return batches
+
+
+def cut_batches(idx: list[int], durations, batch_size: int, batch_seconds: float | None = None,
+                padded=None) -> list[list[int]]:
+    """Cut an ordered list of utterances into batches of at most `batch_size` and `batch_seconds` padded seconds
+    (an utterance longer than `batch_seconds` on its own makes a batch of one)."""
+    padded = padded or float
+    batches, current, longest = [], [], 0.0
+    for i in idx:
+        seconds = padded(float(durations[i]))
+        full = len(current) >= batch_size
+        too_long = batch_seconds is not None and (len(current) + 1) * max(longest, seconds) > batch_seconds
+        if current and (full or too_long):
+            batches.append(current)
+            current, longest = [], 0.0
+        current.append(i)
+        longest = max(longest, seconds)
+    if current:
+        batches.append(current)
     return batches
 
 

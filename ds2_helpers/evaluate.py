@@ -15,16 +15,18 @@ from ds2_helpers.model import DeepSpeech2
 
 
 def predict(net: DeepSpeech2, data: SpeechData, batch_size: int = 16, progress: bool = False, *,
-            decoder: str = "greedy", beam_width: int = 32, lm_path: str | None = None, pad_multiple: int = 1
-            ) -> pd.DataFrame:
+            decoder: str = "greedy", beam_width: int = 32, lm_path: str | None = None, pad_multiple: int = 1,
+            batch_seconds: float | None = None) -> pd.DataFrame:
     """Transcripts for every utterance of `data` (inference mode, length-sorted batches, greedy or beam;
-    `pad_multiple` > 1 gives fewer shapes, so fewer graph compilations)."""
+    `pad_multiple` > 1 gives fewer shapes, so fewer graph compilations; `batch_seconds` sizes batches by
+    padded audio, so test-clean's 35-second utterances come in small batches and short ones in large)."""
     from tqdm.auto import tqdm
 
     net.set_train(False)
     beam = beam_decoder(lm_path) if decoder == "beam" else None
     rows = []
-    for idx in tqdm(make_batches(data.durations, batch_size, order="sorted"), desc="decoding", disable=not progress):
+    batches = make_batches(data.durations, batch_size, batch_seconds=batch_seconds or None, order="sorted")
+    for idx in tqdm(batches, desc="decoding", disable=not progress):
         batch = data.batch(idx, pad_multiple=pad_multiple)
         logits, out_len = net(ms.Tensor(batch.x), ms.Tensor(batch.x_len))
         texts = (beam_decode(logits.asnumpy(), out_len.asnumpy(), decoder=beam, beam_width=beam_width) if beam

@@ -36,16 +36,26 @@ def load_audio(path: str | Path, sample_rate: int = 16000, *, min_seconds: float
 
 
 def window(cfg: SpectConfig) -> np.ndarray:
-    """The analysis window, periodic as STFTs expect; `hanning` is accepted and means `hann`."""
-    return scipy.signal.get_window(cfg.scipy_window, cfg.n_fft, fftbins=True).astype(np.float32)
+    """The analysis window of `n_fft` samples; `hanning` is accepted and means `hann`.
+
+    Periodic (the default, `cfg.periodic_window`): `scipy.signal.get_window(name, n_fft, fftbins=True)`, which is
+    what `librosa.stft(window="hamming")` uses - the model zoo's call. Symmetric: `scipy.signal.windows.<name>(n_fft)`
+    (sym=True), what librosa uses when handed the function `scipy.signal.windows.hamming` itself."""
+    if cfg.periodic_window:
+        return scipy.signal.get_window(cfg.scipy_window, cfg.n_fft, fftbins=True).astype(np.float32)
+    return getattr(scipy.signal.windows, cfg.scipy_window)(cfg.n_fft, sym=True).astype(np.float32)
 
 
 def stft_magnitude(audio: np.ndarray, cfg: SpectConfig = SpectConfig()) -> np.ndarray:
-    """|STFT| [shape=(n_bins, n_frames)] with centred (reflect-padded) frames."""
+    """|STFT| [shape=(n_bins, n_frames)] with centred frames: the whole signal reflect-padded by n_fft/2.
+
+    This is `librosa.stft(center=True, pad_mode="reflect")` as librosa 0.8 computed it when the model zoo
+    trained the pretrained checkpoint. librosa >= 0.10 pads head and tail separately, the tail from the last
+    n_fft/2 samples only; when the length is a multiple of the hop that piece is one sample too short for
+    `np.pad(..., "reflect")`, so the last sample of the last frame becomes y[n-hop+1] instead of y[n-hop-1]
+    (only that frame, only those lengths). We keep librosa 0.8's result (tests/test_features.py shows both)."""
     import librosa
 
-    # Pad here rather than with center=True: librosa >= 0.10 pads head and tail separately, which
-    # changes the last frame slightly; explicit reflect padding gives the textbook result.
     padded = np.pad(np.asarray(audio, dtype=np.float32), cfg.n_fft // 2, mode="reflect")
     spec = librosa.stft(y=padded, n_fft=cfg.n_fft, hop_length=cfg.hop_length, win_length=cfg.n_fft,
                         window=window(cfg), center=False)

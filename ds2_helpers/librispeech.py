@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import tarfile
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 import soundfile as sf
 
+from ds2_helpers.atomic import atomic_write_text  # the project's one atomic writer
 from ds2_helpers.download import download
 from ds2_helpers.labels import normalise_text, unknown_characters
 
@@ -144,20 +143,6 @@ def scan(root: str | Path, subset: str, *, progress: bool = False) -> ScanReport
         scan_chapter(chapter, report)
     report.rows.sort(key=lambda r: (r["duration"], r["utterance_id"]))
     return report
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write via a temporary file in the same folder and rename: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def build_manifest(root: str | Path, subset: str, out: str | Path, *, strict: bool = False,

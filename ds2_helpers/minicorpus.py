@@ -162,3 +162,81 @@ def write_speakers_txt(path: Path, speakers: list[Speaker], utterances: int) -> 
         rows.append(f"{s.speaker_id:<5}| {s.sex} | {s.split:<6} | {utterances:<10} | "
                     f"{v.name} rate={v.rate} pitch={v.pitch} range={v.range}")
     path.write_text("\n".join(rows) + "\n")
+
+
+# ---- LibriSpeech-shaped corpus: real-length utterances for rehearsing the real job -------------------------
+
+#: train-clean-100's utterance lengths, roughly: a few short ones, most between 10 and 17 s, a tail to ~25 s
+#: (mean about 12.7 s). test-clean's segmentation allows up to 35 s; its longest utterances get that tail.
+LIBRISPEECH_PROFILE = {"short": (0.12, 1.0, 10.0), "main": (0.84, 13.4, 1.8, 10.0, 17.5), "long": (0.04, 17.5, 24.5)}
+TEST_TAIL_SECONDS = (30.0, 35.0)
+PAUSE_SECONDS = 0.15
+
+
+def librispeech_durations(n: int, rng: np.random.Generator, *, longest: tuple[float, float] | None = None
+                          ) -> np.ndarray:
+    """`n` target utterance lengths drawn like train-clean-100's; `longest` makes the last two that long."""
+    p_short, lo, hi = LIBRISPEECH_PROFILE["short"]
+    p_main, mean, std, main_lo, main_hi = LIBRISPEECH_PROFILE["main"]
+    _, long_lo, long_hi = LIBRISPEECH_PROFILE["long"]
+    kind = rng.choice(3, size=n, p=[p_short, p_main, 1 - p_short - p_main])
+    out = np.where(kind == 0, rng.uniform(lo, hi, n),
+                   np.where(kind == 1, np.clip(rng.normal(mean, std, n), main_lo, main_hi),
+                            rng.uniform(long_lo, long_hi, n)))
+    if longest is not None and n >= 2:
+        out[-2:] = rng.uniform(*longest, 2)
+    return out
+
+
+def join_sentences(engine: Espeak, voice: Voice, target: float, rng: random.Random) -> tuple[np.ndarray, str]:
+    """Sentences of one voice, 0.15 s apart, until the audio reaches `target` seconds (at least one sentence)."""
+    pieces, words = [], []
+    seconds = 0.0
+    pause = np.zeros(int(PAUSE_SECONDS * 16000), np.float32)
+    while not pieces or seconds < target:
+        text = make_sentence(rng)
+        audio = to_16k(engine.synthesize(text.lower(), voice), engine.sample_rate)
+        if pieces and seconds + audio.size / 16000 > target + 1.5:
+            break  # keep within about a second and a half of the target
+        pieces += [pause, audio] if pieces else [audio]
+        words.append(text)
+        seconds += (pause.size if len(pieces) > 1 else 0) / 16000 + audio.size / 16000
+    return np.concatenate(pieces), " ".join(words)
+
+
+def build_librispeech_like(out: str | Path, *, hours: float = 1.0, speakers: int = 16, seed: int = 0,
+                           progress: bool = True) -> dict[str, int]:
+    """A corpus shaped like train-clean-100 (`hours` of train) plus dev and test of a tenth each, whose test
+    split also holds utterances of 30-35 s like test-clean's longest; LibriSpeech layout, espeak voices."""
+    from tqdm.auto import tqdm
+
+    out = Path(out)
+    rng, nprng = random.Random(seed), np.random.default_rng(seed)
+    spk = make_speakers(speakers, rng)
+    engine = Espeak.get()
+    mean = float(librispeech_durations(10_000, np.random.default_rng(seed)).mean())
+    budget = {"train": hours * 3600, "dev": hours * 360, "test": hours * 360}
+    counts = {s: 0 for s in SPLITS}
+    bar = tqdm(total=sum(budget.values()), desc="synthesising", unit="audio-s", disable=not progress)
+    for split in SPLITS:
+        voices = [s for s in spk if s.split == split]
+        n = max(2, int(round(budget[split] / mean)))
+        targets = librispeech_durations(n, nprng, longest=TEST_TAIL_SECONDS if split == "test" else None)
+        lines: dict[Speaker, list[str]] = {s: [] for s in voices}
+        for k, target in enumerate(targets):
+            speaker = voices[k % len(voices)]
+            audio, text = join_sentences(engine, speaker.voice, float(target), rng)
+            chapter_dir = out / split / str(speaker.speaker_id) / str(speaker.chapter_id)
+            chapter_dir.mkdir(parents=True, exist_ok=True)
+            utt = f"{speaker.speaker_id}-{speaker.chapter_id}-{len(lines[speaker]):04d}"
+            sf.write(str(chapter_dir / f"{utt}.flac"), audio, 16000, subtype="PCM_16", format="FLAC")
+            lines[speaker].append(f"{utt} {text}\n")
+            counts[split] += 1
+            bar.update(audio.size / 16000)
+        for speaker, rows in lines.items():
+            if rows:
+                (out / split / str(speaker.speaker_id) / str(speaker.chapter_id) /
+                 f"{speaker.speaker_id}-{speaker.chapter_id}.trans.txt").write_text("".join(rows))
+    bar.close()
+    write_speakers_txt(out / "SPEAKERS.TXT", spk, 0)
+    return counts

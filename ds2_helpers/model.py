@@ -111,8 +111,70 @@ class MatmulConv(nn.Cell):
         return z.sum(axis=1)
 
 
+class MaskedBatchNorm(nn.Cell):
+    """BatchNorm whose training statistics count only valid frames, so padding cannot change them.
+
+    `construct(x, mask)`: x is [N, C, F, T] (`channel_axis=1`) or [N, T, F, C] (`channel_axis=-1`);
+    `mask` [N, 1, 1, T] or [N, T, 1, 1] is 1.0 for valid frames and 0.0 for padded ones. In training each
+    channel is normalised by the mean and (biased) variance of its valid values only, all frequency bins of
+    a valid frame included, and the moving statistics are updated as MindSpore 2.10's nn.BatchNorm2d does
+    on CPU: moving = momentum * moving + (1 - momentum) * batch, with the *unbiased* batch variance
+    (count / (count - 1) x the one used for normalising). In inference the moving statistics are used.
+    Without padding it equals nn.BatchNorm2d, whose parameter names and shapes it keeps (`gamma`, `beta`,
+    `moving_mean`, `moving_variance`, each [C]), so checkpoints load unchanged.
+    """
+
+    def __init__(self, num_features: int, channel_axis: int = 1, eps: float = 1e-5, momentum: float = 0.9) -> None:
+        super().__init__()
+        init = ms.common.initializer.initializer
+        self.moving_mean = ms.Parameter(init("zeros", num_features), name="mean", requires_grad=False)
+        self.moving_variance = ms.Parameter(init("ones", num_features), name="variance", requires_grad=False)
+        self.gamma = ms.Parameter(init("ones", num_features), name="gamma")
+        self.beta = ms.Parameter(init("zeros", num_features), name="beta")
+        if channel_axis not in (1, -1):
+            raise ValueError(f"channel_axis {channel_axis}: use 1 ([N, C, F, T]) or -1 ([N, T, F, C])")
+        self.channels_last = channel_axis == -1
+        self.stat_shape = (1, 1, 1, num_features) if self.channels_last else (1, num_features, 1, 1)
+        self.num_features, self.eps, self.momentum = num_features, eps, momentum
+
+    def construct(self, x, mask):
+        dtype = x.dtype
+        x = x.astype(ms.float32)  # statistics in float32, also under mixed precision
+        if self.training:
+            mask = ops.stop_gradient(mask.astype(ms.float32))
+            count = mask.sum() * (x.size // (mask.size * self.num_features))  # valid values per channel
+            mean = self._masked_sum(x, mask) / count
+            centred = x - mean
+            var = self._masked_sum(centred * centred, mask) / count  # biased; two passes keep it exact
+            unbiased = var.reshape(-1) * count / ops.maximum(count - 1, 1)  # a single value: no NaN
+            self._update_moving(mean.reshape(-1), unbiased)
+        else:
+            centred = x - self.moving_mean.reshape(self.stat_shape)
+            var = self.moving_variance.reshape(self.stat_shape)
+        scale = ops.rsqrt(var + self.eps) * self.gamma.reshape(self.stat_shape)
+        return (centred * scale + self.beta.reshape(self.stat_shape)).astype(dtype)
+
+    def _masked_sum(self, v, mask):
+        """Per-channel sum of v over valid frames, shaped like the statistics: one batched matrix product
+        with the mask over time, so no masked copy of v is made or kept for the backward pass."""
+        if self.channels_last:
+            n, t, f, c = v.shape
+            sums = ops.bmm(mask.reshape(n, 1, t), v.reshape(n, t, f * c)).reshape(n * f, c).sum(0)
+        else:
+            n, c, f, t = v.shape
+            sums = ops.bmm(v.reshape(n, c * f, t), mask.reshape(n, t, 1)).reshape(n, c, f).sum((0, 2))
+        return sums.reshape(self.stat_shape)
+
+    def _update_moving(self, mean, var):
+        """moving = momentum * moving + (1 - momentum) * batch, outside the gradient."""
+        mean, var = ops.stop_gradient(mean), ops.stop_gradient(var)
+        ops.assign(self.moving_mean, self.momentum * self.moving_mean + (1 - self.momentum) * mean)
+        ops.assign(self.moving_variance, self.momentum * self.moving_variance + (1 - self.momentum) * var)
+
+
 class MaskConv(nn.Cell):
-    """Conv-BN-tanh twice; frames past each utterance's length are zeroed so padding never leaks in.
+    """Conv-BN-tanh twice; frames past each utterance's length are zeroed and left out of the BatchNorm
+    statistics (MaskedBatchNorm), so padding never leaks in, in training or inference.
 
     `impl="matmul"` (default) computes each convolution as blocked matrix products; `impl="native"`
     uses nn.Conv2d. Both hold the same `weight` [c_out, c_in, kf, kt], so checkpoints move freely.
@@ -135,17 +197,18 @@ class MaskConv(nn.Cell):
             raise ValueError(f"conv impl {impl!r}: use 'matmul' or 'native'")
         self.f1 = conv_out(n_bins, CONV1["kernel"][0], CONV1["stride"][0], CONV1["padding"][0])
         self.f2 = conv_out(self.f1, CONV2["kernel"][0], CONV2["stride"][0], CONV2["padding"][0])
-        self.bn1 = nn.BatchNorm2d(channels)
-        self.bn2 = nn.BatchNorm2d(channels)
+        channel_axis = 1 if impl == "native" else -1  # [N, C, F, T] or [N, T, F, C]
+        self.bn1 = MaskedBatchNorm(channels, channel_axis)
+        self.bn2 = MaskedBatchNorm(channels, channel_axis)
         self.tanh = nn.Tanh()
 
     def construct(self, x, lengths):
         """x [N, 1, bins, T] -> [T', N, C*bins''] (time-major RNN input), frames >= length set to 0."""
         if self.impl == "native":
-            x = self.tanh(self.bn1(self.conv1(x)))
-            x = x * _time_mask(lengths, x.shape[3], x.dtype)
-            x = self.tanh(self.bn2(self.conv2(x)))
-            x = x * _time_mask(lengths, x.shape[3], x.dtype)
+            x = self.conv1(x)
+            mask = _time_mask(lengths, x.shape[3], x.dtype)  # both convolutions keep the output length
+            x = self.tanh(self.bn1(x, mask)) * mask
+            x = self.tanh(self.bn2(self.conv2(x), mask)) * mask
             n, c, f, t = x.shape
             return x.reshape(n, c * f, t).transpose(2, 0, 1)
         n = x.shape[0]
@@ -156,12 +219,13 @@ class MaskConv(nn.Cell):
         return x.reshape(n, t, self.f2, self.channels).transpose(1, 0, 3, 2).reshape(t, n, self.channels * self.f2)
 
     def _bn_tanh(self, y, bn, lengths):
-        """BatchNorm2d + tanh + length mask on frequency-major [N, T, F*C] activations.
+        """Masked BatchNorm + tanh + length mask on frequency-major [N, T, F*C] activations.
 
-        Viewed as [N*T*F, C, 1, 1], BatchNorm2d keeps its per-channel statistics without a transpose."""
+        Viewed as [N, T, F, C] (channels last), the statistics are per channel without a transpose."""
         n, t, fc = y.shape
-        y = self.tanh(bn(y.reshape(-1, self.channels, 1, 1))).reshape(n, t, fc)
-        return y * _time_mask(lengths, t, y.dtype).reshape(n, t, 1)
+        mask = _time_mask(lengths, t, y.dtype).reshape(n, t, 1, 1)
+        y = self.tanh(bn(y.reshape(n, t, -1, self.channels), mask)) * mask
+        return y.reshape(n, t, fc)
 
 
 def _time_mask(lengths, frames: int, dtype):

@@ -123,7 +123,7 @@ def run(configs: list[RaceConfig], train_manifest, eval_manifest, out, *, second
         **kwargs) -> list[dict]:
     """Every contestant with the same budget, one after the other; the curves go to out/race.json."""
     from ds2_helpers.bench import machine
-    from ds2_helpers.librispeech import atomic_write_text
+    from ds2_helpers.atomic import atomic_write_text
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import sys
 import time
@@ -21,7 +22,8 @@ from ds2_helpers.labels import BLANK_INDEX
 from ds2_helpers.model import DeepSpeech2, freeze
 
 METRIC_FIELDS = ["step", "epoch", "loss", "lr", "utterances", "audio_seconds", "step_seconds",
-                 "audio_seconds_per_second", "padding_fraction", "frames", "rank", "utterance_ids"]
+                 "audio_seconds_per_second", "padding_fraction", "frames", "rss_gb", "memory_released", "rank",
+                 "utterance_ids"]
 
 
 def set_mode(mode: str) -> None:
@@ -102,6 +104,31 @@ def distributed_context() -> tuple[int, int]:
     return get_rank(), get_group_size()
 
 
+def dynamic_inputs(n_bins: int) -> tuple[ms.Tensor, ...]:
+    """Placeholders for `Cell.set_inputs`: batch, frames and label length left open (None), so Graph mode
+    compiles one graph for every batch shape. Each static shape would get its own graph, and each graph keeps
+    its own buffers for the whole run: memory grew by gigabytes with every new shape (notebook 07)."""
+    return (ms.Tensor(shape=[None, 1, n_bins, None], dtype=ms.float32), ms.Tensor(shape=[None], dtype=ms.int32),
+            ms.Tensor(shape=[None, None], dtype=ms.int32), ms.Tensor(shape=[None], dtype=ms.int32))
+
+
+def release_memory() -> None:
+    """Give back the runtime memory MindSpore keeps for the batch shapes it has run. Without it every new batch
+    shape (batch size x frames, even with one dynamic-shape graph) keeps its own buffers for the rest of the run
+    (data/memory_shapes_reference_2core.json, notebook 07). It costs time: the next step allocates again, so
+    `Trainer` calls it only when memory has grown by `TrainConfig.memory_slack` since the last release."""
+    ms.ms_memory_recycle()
+
+
+def resident_gb() -> float:
+    """This process's resident memory now (GB), from /proc (0 where there is none)."""
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**30
+    except OSError:
+        return 0.0
+
+
 def annealed_lr(cfg: TrainConfig, epoch: int) -> float:
     """The model zoo's schedule, actually applied: lr / anneal^epoch."""
     return cfg.learning_rate / (cfg.learning_anneal ** epoch)
@@ -143,7 +170,10 @@ class Trainer:
         self.optimizer = nn.Adam(self.net.trainable_params(), learning_rate=lr, beta1=train_cfg.betas[0],
                                  beta2=train_cfg.betas[1], eps=train_cfg.eps, weight_decay=train_cfg.weight_decay)
         self.step_cell = TrainStep(self.loss_net, self.optimizer, train_cfg.max_grad_norm, world)
+        if train_cfg.dynamic_shapes and train_cfg.mode.lower() == "graph":
+            self.step_cell.set_inputs(*dynamic_inputs(model_cfg.n_bins))
         self.state = TrainState()
+        self.rss_gb, self.released, self._rss_floor = 0.0, False, None
 
     @staticmethod
     def _with_amp(net: DeepSpeech2, amp: str | None) -> nn.Cell:
@@ -207,18 +237,25 @@ class Trainer:
         return True
 
     # ---- training ----------------------------------------------------------------------------
-    def epoch_batches(self, data: SpeechData, epoch: int) -> list[list[int]]:
+    def epoch_batches(self, data: SpeechData, epoch: int, pad_multiple: int = 64) -> list[list[int]]:
         """This rank's batches for an epoch (deterministic in seed and epoch, so resume lines up)."""
-        batches = make_batches(data.durations, self.cfg.batch_size, epoch=epoch, seed=self.cfg.seed,
-                               order="bucketed", sortagrad=self.cfg.sortagrad)
-        return shard(batches, self.rank, self.world)
+        return epoch_batches(self.cfg, self.spect, data, epoch, self.rank, self.world, pad_multiple)
 
     def step(self, batch: Batch) -> float:
         """One training step on a prepared batch; returns the loss."""
         self.net.set_train(True)
-        loss = self.step_cell(ms.Tensor(batch.x), ms.Tensor(batch.x_len), ms.Tensor(batch.y),
-                              ms.Tensor(batch.y_len))
-        return float(loss.asnumpy())
+        loss = float(self.step_cell(ms.Tensor(batch.x), ms.Tensor(batch.x_len), ms.Tensor(batch.y),
+                                    ms.Tensor(batch.y_len)).asnumpy())
+        self.rss_gb = resident_gb()
+        policy = self.cfg.release_memory
+        grown = self._rss_floor is not None and self.rss_gb > self._rss_floor * (1 + self.cfg.memory_slack)
+        self.released = policy == "always" or (policy == "auto" and grown)
+        if self.released:
+            release_memory()
+            self._rss_floor = None  # the next step, with one shape's memory, sets the new floor
+        elif self._rss_floor is None:
+            self._rss_floor = self.rss_gb
+        return loss
 
     def fit(self, data: SpeechData, *, epochs: int | None = None, max_steps: int | None = None,
             pad_multiple: int = 64, label_multiple: int = 32, fixed_frames: int | None = None,
@@ -239,7 +276,7 @@ class Trainer:
                 epoch = self.state.epoch
                 lr = annealed_lr(self.cfg, epoch)
                 self.optimizer.learning_rate.set_data(ms.Tensor(np.float32(lr)))
-                batches = self.epoch_batches(data, epoch)
+                batches = self.epoch_batches(data, epoch, pad_multiple)
                 bar = tqdm(total=len(batches), initial=self.state.step_in_epoch, desc=f"epoch {epoch + 1}/{epochs}",
                            unit="step", disable=not progress or plain or self.rank != 0, dynamic_ncols=True)
                 for k in range(self.state.step_in_epoch, len(batches)):
@@ -259,6 +296,7 @@ class Trainer:
                            "utterances": len(batch.ids), "audio_seconds": round(audio, 3),
                            "step_seconds": round(dt, 4), "audio_seconds_per_second": round(audio / dt, 3),
                            "padding_fraction": round(batch.padding_fraction, 4), "frames": batch.x.shape[3],
+                           "rss_gb": round(self.rss_gb, 3), "memory_released": int(self.released),
                            "rank": self.rank, "utterance_ids": " ".join(batch.ids)}
                     writer.writerow(row)
                     log.flush()
@@ -286,6 +324,17 @@ class Trainer:
         """Weights only (no optimizer state): what a pretrained checkpoint or an evaluation needs."""
         params = [{"name": p.name, "data": p} for p in self.net.get_parameters()]
         return ckpt.save(path, params, {"model": to_dict(self.model_cfg), "spect": to_dict(self.spect)})
+
+
+def epoch_batches(cfg: TrainConfig, spect: SpectConfig, data: SpeechData, epoch: int, rank: int = 0,
+                  world: int = 1, pad_multiple: int = 64) -> list[list[int]]:
+    """One rank's batches for an epoch: length buckets of `batch_size` utterances or `batch_seconds` padded
+    seconds, SortaGrad order in the first epoch, shuffled batches after (deterministic in seed and epoch)."""
+    frame = spect.window_stride
+    batches = make_batches(data.durations, cfg.batch_size, batch_seconds=cfg.batch_seconds,
+                           padded=lambda s: math.ceil(s / frame / pad_multiple) * pad_multiple * frame,
+                           epoch=epoch, seed=cfg.seed, order="bucketed", sortagrad=cfg.sortagrad)
+    return shard(batches, rank, world)
 
 
 def write_run_config(out: Path, **configs) -> None:

@@ -1,9 +1,10 @@
 import mindspore as ms
 import numpy as np
 import pytest
+from mindspore import nn
 
 from ds2_helpers.config import ModelConfig, model_preset
-from ds2_helpers.model import DeepSpeech2, count_parameters, output_lengths, rnn_input_size
+from ds2_helpers.model import DeepSpeech2, MaskedBatchNorm, count_parameters, output_lengths, rnn_input_size
 
 ms.set_context(mode=ms.PYNATIVE_MODE)
 SMALL = ModelConfig(conv_channels=4, hidden_size=16, hidden_layers=2)
@@ -38,28 +39,147 @@ def test_matmul_convolution_equals_conv2d():
     np.testing.assert_allclose(a(x, lengths)[0].asnumpy(), b(x, lengths)[0].asnumpy(), atol=1e-5)
 
 
+def padded_batch(rng, lengths, label_lengths, frames):
+    """Random utterances [161, n] and labels, padded to `frames` with junk in the padding on purpose."""
+    feats = [rng.standard_normal((161, n)).astype(np.float32) for n in lengths]
+    labels = [rng.integers(0, 28, size=k).astype(np.int32) for k in label_lengths]
+    return feats, labels, batch_of(feats, labels, frames, rng)
+
+
+def batch_of(feats, labels, frames, rng):
+    """(x, x_len, y, y_len) tensors of utterances padded to `frames`."""
+    x = rng.standard_normal((len(feats), 1, 161, frames)).astype(np.float32) * 5
+    y = np.full((len(feats), max(map(len, labels)) + 3), 28, np.int32)
+    for k, (f, l) in enumerate(zip(feats, labels)):
+        x[k, 0, :, : f.shape[1]] = f
+        y[k, : len(l)] = l
+    return (ms.Tensor(x), ms.Tensor(np.array([f.shape[1] for f in feats], np.int32)), ms.Tensor(y),
+            ms.Tensor(np.array([len(l) for l in labels], np.int32)))
+
+
 def test_padding_never_changes_an_utterance():
     from ds2_helpers.train import CTCLossNet
 
     net = DeepSpeech2(SMALL)
     net.set_train(False)
-    rng = np.random.default_rng(2)
-    lengths = [90, 61, 33]
-    feats = [rng.standard_normal((161, n)).astype(np.float32) for n in lengths]
-    labels = [rng.integers(0, 28, size=k).astype(np.int32) for k in (9, 5, 3)]
-    x = rng.standard_normal((3, 1, 161, 128)).astype(np.float32) * 5  # junk in the padding on purpose
-    y = np.full((3, 12), 28, np.int32)
-    for k, (f, l) in enumerate(zip(feats, labels)):
-        x[k, 0, :, : f.shape[1]] = f
-        y[k, : len(l)] = l
+    feats, labels, (x, x_len, y, y_len) = padded_batch(np.random.default_rng(2), [90, 61, 33], [9, 5, 3], 128)
     loss_net = CTCLossNet(net)
-    logits, out_len = net(ms.Tensor(x), ms.Tensor(np.array(lengths, np.int32)))
-    batch = loss_net.per_utterance(logits, out_len, ms.Tensor(y), ms.Tensor(np.array([9, 5, 3], np.int32))).asnumpy()
+    logits, out_len = net(x, x_len)
+    batch = loss_net.per_utterance(logits, out_len, y, y_len).asnumpy()
     for k, (f, l) in enumerate(zip(feats, labels)):
         lg, ol = net(ms.Tensor(f[None, None]), ms.Tensor(np.array([f.shape[1]], np.int32)))
         single = loss_net.per_utterance(lg, ol, ms.Tensor(l[None]), ms.Tensor(np.array([len(l)], np.int32)))
         np.testing.assert_allclose(batch[k], single.asnumpy()[0], rtol=1e-5)
         np.testing.assert_allclose(logits.asnumpy()[: int(ol.asnumpy()[0]), k], lg.asnumpy()[:, 0], atol=1e-5)
+
+
+@pytest.mark.parametrize("impl", ["native", "matmul"])
+def test_padding_never_changes_the_training_loss_or_gradients(impl):
+    """In training BatchNorm uses batch statistics: padded frames must not enter them (MaskedBatchNorm)."""
+    from ds2_helpers.train import CTCLossNet
+
+    net = DeepSpeech2(model_preset("mini"), conv_impl=impl)
+    net.set_train(True)
+    loss_net = CTCLossNet(net)
+    grad_fn = ms.value_and_grad(loss_net, None, net.trainable_params())
+    rng = np.random.default_rng(5)
+    feats, labels, batch = padded_batch(rng, [150, 97, 64], [12, 8, 5], 150)
+    loss, grads = grad_fn(*batch)
+    loss_64, grads_64 = grad_fn(*batch_of(feats, labels, 150 + 64, rng))
+    np.testing.assert_allclose(loss_64.asnumpy(), loss.asnumpy(), rtol=1e-5)
+    for p, g, g_64 in zip(net.trainable_params(), grads, grads_64):
+        g, g_64 = g.asnumpy(), g_64.asnumpy()
+        np.testing.assert_allclose(g_64, g, rtol=1e-4, atol=1e-5 * np.abs(g).max(), err_msg=p.name)
+
+
+def set_bn(bn, rng):
+    """Random gamma, beta and moving statistics, so the test sees every one of them."""
+    c = bn.gamma.shape[0]
+    for p, value in ((bn.gamma, rng.standard_normal(c)), (bn.beta, rng.standard_normal(c)),
+                     (bn.moving_mean, rng.standard_normal(c)), (bn.moving_variance, rng.uniform(0.5, 2, c))):
+        p.set_data(ms.Tensor(value.astype(np.float32)))
+
+
+class WeightedSum(nn.Cell):
+    """A scalar of a BatchNorm's [N, C, F, T] output, for gradients; `channels_last` feeds it [N, T, F, C]."""
+
+    def __init__(self, bn, w, channels_last=False):
+        super().__init__()
+        self.bn, self.w, self.channels_last = bn, ms.Tensor(w), channels_last
+
+    def construct(self, x, mask):
+        if self.channels_last:
+            y = self.bn(x.transpose(0, 3, 2, 1), mask.transpose(0, 3, 2, 1)).transpose(0, 3, 2, 1)
+        else:
+            y = self.bn(x, mask)
+        return (y * self.w).sum()
+
+
+class Reference(WeightedSum):
+    def construct(self, x, mask):
+        return (self.bn(x) * self.w).sum()
+
+
+class ValueAndGrad(nn.Cell):
+    """Loss, input gradient and parameter gradients in one cell (as the training step computes them)."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.grad_fn = ms.value_and_grad(net, 0, net.trainable_params())
+
+    def construct(self, x, mask):
+        return self.grad_fn(x, mask)
+
+
+@pytest.fixture(params=["pynative", "graph"])
+def mode(request):
+    ms.set_context(mode=ms.GRAPH_MODE if request.param == "graph" else ms.PYNATIVE_MODE)
+    yield request.param
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_masked_batchnorm_equals_batchnorm2d_without_padding(mode, channels_last):
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal((3, 4, 5, 7)) * 2 + 1).astype(np.float32)
+    w = rng.standard_normal(x.shape).astype(np.float32)
+    ref, ours = nn.BatchNorm2d(4), MaskedBatchNorm(4, channel_axis=-1 if channels_last else 1)
+    for bn in (ref, ours):
+        set_bn(bn, np.random.default_rng(4))
+    ref_net, our_net = Reference(ref, w), WeightedSum(ours, w, channels_last)
+    mask = ms.Tensor(np.ones((3, 1, 1, 7), np.float32))
+    results = []
+    for net in (ref_net, our_net):
+        net.set_train(True)
+        loss, (dx, dparams) = ValueAndGrad(net)(ms.Tensor(x), mask)  # one training step: one update
+        moving = [net.bn.moving_mean.asnumpy(), net.bn.moving_variance.asnumpy()]
+        net.set_train(False)
+        results.append([loss, dx, *dparams, *moving, net(ms.Tensor(x), mask)])
+    assert [p.name for p in ours.get_parameters()] == [p.name for p in ref.get_parameters()]
+    for expected, got in zip(*results):
+        expected = expected if isinstance(expected, np.ndarray) else expected.asnumpy()
+        got = got if isinstance(got, np.ndarray) else got.asnumpy()
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_masked_batchnorm_statistics_of_a_padded_batch_are_those_of_its_valid_frames():
+    """Batch [A padded, B]: mean, variance and outputs as if only the valid frames A + B had been seen."""
+    rng = np.random.default_rng(6)
+    lengths = [9, 16]
+    x = (rng.standard_normal((2, 4, 5, 16)) * 2 + 1).astype(np.float32)
+    x[0, :, :, lengths[0]:] = 50 * rng.standard_normal((4, 5, 16 - lengths[0]))  # padding, junk on purpose
+    mask = (np.arange(16) < np.array(lengths)[:, None]).astype(np.float32).reshape(2, 1, 1, 16)
+    valid = np.concatenate([x[k, :, :, :n] for k, n in enumerate(lengths)], axis=2)[None]  # [1, C, F, 9 + 16]
+    ref, ours = nn.BatchNorm2d(4), MaskedBatchNorm(4)
+    for bn in (ref, ours):
+        set_bn(bn, np.random.default_rng(7))
+        bn.set_train(True)
+    expected = ref(ms.Tensor(valid)).asnumpy()
+    y = ours(ms.Tensor(x), ms.Tensor(mask)).asnumpy()
+    got = np.concatenate([y[k, :, :, :n] for k, n in enumerate(lengths)], axis=2)[None]
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(ours.moving_mean.asnumpy(), ref.moving_mean.asnumpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(ours.moving_variance.asnumpy(), ref.moving_variance.asnumpy(), rtol=1e-5, atol=1e-6)
 
 
 def test_gru_variant_builds_and_runs():

@@ -1,0 +1,137 @@
+"""The course's real job, rehearsed end to end on a LibriSpeech-shaped corpus, as a student would run it.
+
+Every step is the real command in its own process (`python -m ds2_helpers ...`), timed, with its peak memory:
+plan, train (preflight, then steps, killed once a checkpoint exists), train --resume to the end, evaluation
+of the longest test utterances, export. The summary is JSON (data/rehearsal_reference_2core.json holds the
+full run on the reference machine)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from ds2_helpers.atomic import atomic_write_text
+
+
+@dataclass(frozen=True)
+class RehearsalConfig:
+    """Sizes of one rehearsal; `small()` is the version `make test` runs."""
+
+    preset: str = "paper"
+    hours: float = 0.5
+    steps: int = 8
+    save_every: int = 2
+    probe_seconds: float = 10.0
+    batch_seconds: float | None = None   # None: what `plan` says fits
+    longest: int = 4                     # test utterances evaluated (the longest ones)
+    conv: str = "native"                 # train's default; the small version uses ours (Conv2d is slow at 8 channels)
+    seed: int = 0
+
+    @classmethod
+    def small(cls) -> "RehearsalConfig":
+        return cls(preset="mini", hours=0.04, steps=4, save_every=2, probe_seconds=4.0, batch_seconds=40.0,
+                   longest=2, conv="matmul")
+
+
+def run_step(name: str, args: list[str], log: Path, *, kill_when=None) -> dict:
+    """Run `python -m ds2_helpers <args>`; wall time, peak RSS (this child alone, via wait4) and exit status.
+    `kill_when()` is polled every second; when true the process is killed with SIGKILL (a crash rehearsal)."""
+    env = dict(os.environ, GLOG_v="3", PYTHONWARNINGS="ignore")
+    t0 = time.perf_counter()
+    with open(log, "w") as fh:
+        proc = subprocess.Popen([sys.executable, "-m", "ds2_helpers", *args], stdout=fh, stderr=subprocess.STDOUT,
+                                env=env)
+        killed = False
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            if kill_when is not None and not killed and kill_when():
+                os.kill(proc.pid, signal.SIGKILL)
+                killed = True
+            time.sleep(1.0)
+    code = os.waitstatus_to_exitcode(status)
+    result = {"step": name, "command": "python -m ds2_helpers " + " ".join(args), "exit_code": code,
+              "killed": killed, "seconds": round(time.perf_counter() - t0, 1),
+              "peak_rss_gb": round(usage.ru_maxrss / 2**20, 2), "log": str(log)}
+    if code != 0 and not killed:
+        tail = [l for l in log.read_text().splitlines() if l.strip()][-3:]
+        raise RuntimeError(f"rehearsal step {name!r} failed (exit {code}): " + " | ".join(tail))
+    return result
+
+
+def rehearse(out: str | Path, cfg: RehearsalConfig = RehearsalConfig(), *, progress: bool = True) -> dict:
+    """Build the corpus, then plan, train, kill, resume, evaluate the longest utterances and export."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    corpus, run = out / "corpus", out / "run"
+    steps: list[dict] = []
+
+    def step(name, args, **kw):
+        if progress:
+            print(f"== {name}: python -m ds2_helpers {' '.join(args)}", flush=True)
+        steps.append(run_step(name, args, out / f"{name}.log", **kw))
+        if progress:
+            s = steps[-1]
+            print(f"   {s['seconds']:.0f} s, peak {s['peak_rss_gb']:.2f} GB{' (killed)' if s['killed'] else ''}",
+                  flush=True)
+        return steps[-1]
+
+    step("corpus", ["minicorpus", "--profile", "librispeech", "--hours", str(cfg.hours), "--speakers", "16",
+                    "--seed", str(cfg.seed), "--out", str(corpus), "--quiet"])
+    train_csv, test_csv = corpus / "train.csv", corpus / "test.csv"
+    step("plan", ["plan", "--preset", cfg.preset, "--manifest", str(train_csv), "--probe-seconds",
+                  str(cfg.probe_seconds), "--conv", cfg.conv, "--out", str(out / "plan.json")])
+    plan = json.loads((out / "plan.json").read_text())
+    batch_seconds = cfg.batch_seconds or max(plan["batch_seconds"], 1)
+    train = ["train", "--preset", cfg.preset, "--manifest", str(train_csv), "--out", str(run), "--batch-seconds",
+             str(batch_seconds), "--save-every", str(cfg.save_every), "--max-steps", str(cfg.steps), "--conv", cfg.conv]
+    first = step("train (killed)", train, kill_when=lambda: any(run.glob("ds2-step*.ckpt")))
+    killed_at = _checkpoint_steps(run)
+    second = step("train --resume", train + ["--resume", "--no-preflight"])
+    resumed = re.search(r"global step (\d+)", Path(second["log"]).read_text())
+    frame = pd.read_csv(test_csv).sort_values("duration").tail(cfg.longest)
+    frame.to_csv(out / "longest.csv", index=False)
+    ev = step("evaluate longest", ["evaluate", "--checkpoint", str(run / "final.ckpt"), "--manifest",
+                                   str(out / "longest.csv"), "--out", str(out / "eval")])
+    ex = step("export", ["export", "--checkpoint", str(run / "final.ckpt"), "--out", str(out / "model.mindir")])
+    metrics = pd.read_csv(run / "metrics.csv")
+    summary = {
+        "config": asdict(cfg), "batch_seconds": batch_seconds, "plan": {k: plan[k] for k in (
+            "memory_available_gb", "base_gb", "gb_per_padded_second", "max_batch_seconds", "steps_per_epoch",
+            "epoch_hours", "peak_gb", "checkpoint_disk_gb", "cannot_fit")},
+        "corpus": {s: _durations(corpus / f"{s}.csv") for s in ("train", "dev", "test")},
+        "killed_after_checkpoints": killed_at, "resumed_at_global_step": int(resumed.group(1)) if resumed else None,
+        "trained_steps": int(metrics.step.max()), "step_seconds_median": float(metrics.step_seconds.median()),
+        "loss_first_last": [float(metrics.loss.iloc[0]), float(metrics.loss.iloc[-1])],
+        "evaluated_seconds": [float(d) for d in frame.duration], "evaluation": json.loads(
+            (out / "eval" / "summary.json").read_text()),
+        "export_ok": ex["exit_code"] == 0, "peak_rss_gb": max(s["peak_rss_gb"] for s in steps), "steps": steps,
+        "preflight": _preflight_line(Path(first["log"])), "evaluate_peak_rss_gb": ev["peak_rss_gb"],
+    }
+    atomic_write_text(out / "rehearsal.json", json.dumps(summary, indent=2))
+    return summary
+
+
+def _checkpoint_steps(run: Path) -> list[int]:
+    return sorted(int(re.search(r"(\d+)", p.name).group(1)) for p in run.glob("ds2-step*.ckpt"))
+
+
+def _durations(manifest: Path) -> dict:
+    d = pd.read_csv(manifest).duration
+    return {"utterances": int(len(d)), "hours": float(d.sum() / 3600), "min": float(d.min()),
+            "mean": float(d.mean()), "max": float(d.max())}
+
+
+def _preflight_line(log: Path) -> str | None:
+    lines = [l for l in log.read_text().splitlines() if l.startswith("preflight: fits")]
+    return lines[0] if lines else None
