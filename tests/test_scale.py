@@ -137,3 +137,13 @@ def test_rehearsal_small(tmp_path):
     assert max(summary["evaluated_seconds"]) >= 30 and summary["evaluation"]["utterances"] == 2
     assert summary["export_ok"] and summary["preflight"].startswith("preflight: fits")
     assert json.loads((tmp_path / "rehearsal.json").read_text())["steps"][0]["step"] == "corpus"
+    longest = pd.read_csv(tmp_path / "longest.csv").iloc[-1]
+    from ds2_helpers.cli_model import load_model
+    from ds2_helpers.evaluate import transcribe
+    from ds2_helpers.paths import data_dir
+
+    net, spect = load_model(str(data_dir() / "mini_pretrained.ckpt"))
+    text = transcribe(net, [longest.audio_path], spect)[0]
+    import jiwer
+
+    assert longest.duration >= 30 and jiwer.cer(longest.transcript, text) < 0.3  # 30-35 s, transcribed whole
