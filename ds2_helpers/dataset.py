@@ -131,6 +131,11 @@ def make_batches(durations: np.ndarray, batch_size: int, *, batch_seconds: float
     return batches
 
 
+def padded_seconds(seconds: float, pad_multiple: int = 64, frame_seconds: float = 0.01) -> float:
+    """Audio seconds after padding the frames up to a multiple of `pad_multiple` (what a batch costs)."""
+    return math.ceil(seconds / frame_seconds / pad_multiple) * pad_multiple * frame_seconds
+
+
 def cut_batches(idx: list[int], durations, batch_size: int, batch_seconds: float | None = None,
                 padded=None) -> list[list[int]]:
     """Cut an ordered list of utterances into batches of at most `batch_size` and `batch_seconds` padded seconds

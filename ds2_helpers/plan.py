@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ds2_helpers.bench import BenchConfig, run_isolated
-from ds2_helpers.dataset import cut_batches
+from ds2_helpers.dataset import cut_batches, padded_seconds
 
 HEADROOM = 0.15             # share of the available memory left free (page cache, the data, the notebook server)
 BYTES_PER_PARAMETER = 12    # a resumable checkpoint: float32 weights + Adam's two moments
@@ -39,11 +39,6 @@ def available_memory_gb() -> float:
     except (OSError, ValueError):
         pass
     return avail
-
-
-def padded_seconds(seconds: float, pad_multiple: int = 64) -> float:
-    """Audio seconds after padding the frames up to a multiple of `pad_multiple`."""
-    return math.ceil(seconds / FRAME_SECONDS / pad_multiple) * pad_multiple * FRAME_SECONDS
 
 
 @dataclass

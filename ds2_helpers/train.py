@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import os
 import sys
 import time
@@ -17,7 +16,7 @@ from mindspore import nn, ops
 
 from ds2_helpers import checkpoint as ckpt
 from ds2_helpers.config import ModelConfig, SpectConfig, TrainConfig, to_dict
-from ds2_helpers.dataset import Batch, SpeechData, make_batches, shard
+from ds2_helpers.dataset import Batch, SpeechData, make_batches, padded_seconds, shard
 from ds2_helpers.labels import BLANK_INDEX
 from ds2_helpers.model import DeepSpeech2, freeze
 
@@ -330,9 +329,8 @@ def epoch_batches(cfg: TrainConfig, spect: SpectConfig, data: SpeechData, epoch:
                   world: int = 1, pad_multiple: int = 64) -> list[list[int]]:
     """One rank's batches for an epoch: length buckets of `batch_size` utterances or `batch_seconds` padded
     seconds, SortaGrad order in the first epoch, shuffled batches after (deterministic in seed and epoch)."""
-    frame = spect.window_stride
     batches = make_batches(data.durations, cfg.batch_size, batch_seconds=cfg.batch_seconds,
-                           padded=lambda s: math.ceil(s / frame / pad_multiple) * pad_multiple * frame,
+                           padded=lambda s: padded_seconds(s, pad_multiple, spect.window_stride),
                            epoch=epoch, seed=cfg.seed, order="bucketed", sortagrad=cfg.sortagrad)
     return shard(batches, rank, world)
 
