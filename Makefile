@@ -1,7 +1,11 @@
 # Two commands from a fresh clone:  make workbook   then   make test
 SHELL := /bin/bash
-PYTHON ?= $(shell command -v python3.11 || command -v python3)
-VENV := .venv
+# The newest supported python3.1x on PATH (supported: pyproject.toml's requires-python); PYTHON=... overrides.
+SETUP_CHECK := ds2_helpers/setup_check.py
+ifndef PYTHON
+PYTHON := $(shell python3 $(SETUP_CHECK) --find 2>/dev/null || command -v python3)
+endif
+VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 MINI := corpora/mini
@@ -16,8 +20,8 @@ workbook: venv corpus notebooks  ## environment + mini corpus + every notebook e
 
 venv: $(STAMP)
 $(STAMP): pyproject.toml
-	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), f"Python 3.11 needed (MindSpore 2.10 wheels), found {sys.version.split()[0]}: set PYTHON=/path/to/python3.11"'
-	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	@test -n "$(PYTHON)" || { echo "error: no python3 found: install Python 3.10, 3.11 or 3.12 (see README, Set-up)"; exit 1; }
+	@$(PYTHON) $(SETUP_CHECK) --venv $(VENV)  # Python, machine, disk, venv; creates the empty venv, asks the index
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e .
 	touch $(STAMP)

@@ -12,11 +12,21 @@ import time
 from ds2_helpers.paths import repo_path
 
 
-def pinned_requirements() -> dict[str, str]:
-    """name -> version from pyproject.toml's `name==version` dependencies."""
+def pinned_requirements(python: str | None = None) -> dict[str, str]:
+    """name -> version from pyproject.toml's `name==version` dependencies, for one Python ("3.10"; default:
+    the running one). A pin with an environment marker counts only where its marker holds."""
+    from packaging.requirements import Requirement
+
+    python = python or "{}.{}".format(*sys.version_info[:2])
     text = repo_path("pyproject.toml").read_text()
     block = text.split("dependencies = [", 1)[1].split("]", 1)[0]
-    return dict(re.findall(r'"([A-Za-z0-9_.\-]+)==([^"]+)"', block))
+    pins = {}
+    for spec in re.findall(r'^\s*"([^"]+)"', block, flags=re.M):
+        req = Requirement(spec)
+        if req.marker is None or req.marker.evaluate({"python_version": python}):
+            (clause,) = req.specifier  # every dependency is one exact pin
+            pins[req.name] = clause.version
+    return pins
 
 
 def package_report():

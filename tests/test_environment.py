@@ -12,11 +12,22 @@ def environment_yml_pins() -> dict[str, str]:
 
 
 def test_environment_yml_matches_pyproject():
-    pyproject = environment.pinned_requirements()
+    """environment.yml is the 3.11 set: the same pins pyproject.toml gives Python 3.11."""
+    pyproject = environment.pinned_requirements("3.11")
     assert {"mindspore", "numpy", "jupyterlab", "librosa", "espeakng-loader", "nbmake", "jiwer"} <= set(pyproject)
     assert pyproject["mindspore"] == "2.10.0" and pyproject["numpy"].startswith("1.")
     assert environment_yml_pins() == pyproject
     assert re.search(r"^\s*-\s*python=3\.11\s*$", repo_path("environment.yml").read_text(), flags=re.M)
+
+
+def test_pins_per_python():
+    """One pin per package for each supported Python; 3.10 gets the releases that still support it."""
+    sets = {v: environment.pinned_requirements(v) for v in ("3.10", "3.11", "3.12")}
+    assert set(sets["3.10"]) == set(sets["3.11"]) == set(sets["3.12"])
+    assert sets["3.11"] == sets["3.12"]
+    differ = {k for k in sets["3.10"] if sets["3.10"][k] != sets["3.11"][k]}
+    assert differ == {"scipy", "matplotlib", "pandas"}
+    assert sets["3.10"]["pandas"].startswith("2.") and sets["3.11"]["pandas"].startswith("3.")
 
 
 def test_installed_packages_match_the_pins():
