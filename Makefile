@@ -45,7 +45,7 @@ test: $(STAMP) $(MINI_STAMP)  ## unit tests + every notebook (quick mode) throug
 lab: $(STAMP) $(MINI_STAMP)
 	$(BIN)/jupyter lab --notebook-dir=notebooks
 
-mini-checkpoint: $(STAMP) $(MINI_STAMP)  ## re-train data/mini_pretrained.ckpt (about 40 min on 2 cores)
+mini-checkpoint: $(STAMP) $(MINI_STAMP)  ## re-train data/mini_pretrained.ckpt (15 epochs of the mini corpus)
 	$(BIN)/python -m ds2_helpers train --preset mini --manifest $(MINI)/train.csv --epochs 15 \
 	  --out runs/mini-pretrain --weights-out data/mini_pretrained.ckpt
 

@@ -1,8 +1,9 @@
 """Export to MindIR (fixed input length, padded), reload with nn.GraphCell, and check parity; ONNX attempted.
 
-MindSpore 2.10 cannot export this network with a dynamic time axis: shape inference of ReverseSequence
-(used so each LSTM direction starts at an utterance's true end) fails with an unknown batch size. So the
-export fixes the input to `frames` spectrogram frames (default 3600 = 36 s, past test-clean's longest) and the caller pads; padding
+With MindSpore 2.10 a free time axis exports at batch 1 (`try_dynamic_export`; notebook 06 prints the
+answer for the mini model), but not a free batch axis: shape inference of ReverseSequence (used so each LSTM
+direction starts at an utterance's true end) fails with an unknown batch size. `export_mindir` fixes the input
+to `frames` spectrogram frames (default 3600 = 36 s, past test-clean's longest) and the caller pads; padding
 never changes the result because the network masks everything past the true length.
 """
 

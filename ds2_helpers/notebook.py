@@ -10,8 +10,12 @@ import numpy as np
 from ds2_helpers.paths import quick_mode
 
 
-def setup(seed: int = 1234) -> bool:
-    """Seed Python, NumPy (and MindSpore when it is loaded), quiet logs, print the mode; returns quick mode."""
+def setup(namespace: dict | None = None, *, quick: dict | None = None, seed: int = 1234) -> bool:
+    """Seed Python, NumPy (and MindSpore when it is loaded), quiet logs; returns True in quick mode.
+
+    `quick`: the parameters this notebook shrinks under DS2_QUICK=1 (as `make test` sets it), applied to
+    `namespace` (the notebook's `globals()`) in quick mode. One printed line says which mode runs and, from the
+    values themselves, what that changes."""
     os.environ.setdefault("GLOG_v", "3")
     random.seed(seed)
     np.random.seed(seed)
@@ -24,7 +28,21 @@ def setup(seed: int = 1234) -> bool:
     import matplotlib.pyplot as plt
 
     plt.rcParams.update({"figure.dpi": 90, "axes.grid": True, "grid.alpha": 0.3})
-    quick = quick_mode()
-    print("QUICK mode (DS2_QUICK=1): small runs so CI stays fast" if quick else
-          "FULL mode: the sizes in the parameters cell")
-    return quick
+    is_quick = quick_mode()
+    print(mode_line(is_quick, namespace or {}, quick or {}))
+    if is_quick and quick:
+        namespace.update(quick)
+    return is_quick
+
+
+def mode_line(is_quick: bool, namespace: dict, quick: dict) -> str:
+    """What this run of the notebook does, in one line."""
+    if not quick:
+        return ("QUICK mode (DS2_QUICK=1)" if is_quick else "DS2_QUICK unset") + \
+            ": this notebook runs the same in both modes"
+    if is_quick:
+        changes = ", ".join(f"{k} {namespace.get(k)!r} -> {v!r}" for k, v in quick.items())
+        return (f"QUICK mode (DS2_QUICK=1, as `make test` sets it): {changes}; CI-sized runs, so the numbers "
+                "below are a smoke test, not results")
+    values = ", ".join(f"{k} = {namespace.get(k)!r}" for k in quick)
+    return f"DS2_QUICK unset: the parameters cell runs as written ({values})"

@@ -85,6 +85,36 @@ def measure(preset: str = "paper", *, seconds: float = 10.0, batches: tuple[int,
     return MemoryFit(base, slope, rate, probes)
 
 
+def checkpoint_disk_gb(parameters: int = 86_608_096, keep_last: int = 3) -> float:
+    """Disk for a run's checkpoints: `keep_last` resumable ones (weights + Adam moments) and the final weights."""
+    return parameters * (BYTES_PER_PARAMETER * keep_last + 4) / 1e9
+
+
+def feature_cache_gb(audio_hours: float, spect=None) -> float:
+    """Disk for `--feature-cache`: one float32 spectrogram (n_bins x frames) per utterance."""
+    from ds2_helpers.config import SpectConfig
+
+    spect = spect or SpectConfig()
+    return audio_hours * 3600 / spect.window_stride * spect.n_bins * 4 / 1e9
+
+
+def librispeech_disk(subsets=("train-clean-100", "dev-clean", "test-clean"), *, keep_last: int = 3) -> dict:
+    """What the course's real run needs on disk, in GB: the archives (openslr's published sizes, committed in
+    data/setup_reference.json), the extracted FLAC (about the archive's size: FLAC does not compress further),
+    the training subset's feature cache and the paper run's checkpoints."""
+    import json
+
+    from ds2_helpers.paths import data_dir
+
+    ref = json.loads((data_dir() / "setup_reference.json").read_text())["librispeech"]
+    archives = sum(ref["archive_gb"][s] for s in subsets)
+    train_hours = sum(ref["hours"][s] for s in subsets if s.startswith("train"))
+    need = {"archives": archives, "extracted": archives, "feature_cache": feature_cache_gb(train_hours),
+            "checkpoints": checkpoint_disk_gb(keep_last=keep_last)}
+    need["total"] = sum(need.values())
+    return {k: round(v, 1) for k, v in need.items()}
+
+
 def make_plan(durations, fit: MemoryFit, *, memory_gb: float | None = None, batch_size: int = 64,
               batch_seconds: float | None = None, parameters: int = 86_608_096, keep_last: int = 3,
               pad_multiple: int = 64, headroom: float = HEADROOM, slack: float | None = None) -> dict:
@@ -116,7 +146,8 @@ def make_plan(durations, fit: MemoryFit, *, memory_gb: float | None = None, batc
         "largest_batch": {"utterances": len(batches[largest]) if batches else 0,
                           "padded_seconds": padded[largest] if padded else 0.0},
         "peak_gb": fit.peak_gb(max(padded, default=0.0)),
-        "checkpoint_disk_gb": parameters * (BYTES_PER_PARAMETER * keep_last + 4) / 1e9,
+        "checkpoint_disk_gb": checkpoint_disk_gb(parameters, keep_last),
+        "feature_cache_gb": feature_cache_gb(float(durations.sum() / 3600)),
         "cannot_fit": too_long, "probes": fit.probes,
     }
 
@@ -137,7 +168,8 @@ def format_plan(plan: dict, names: list[str] | None = None) -> str:
         f"peak memory: about {plan['peak_gb']:.1f} GB per step, up to {plan['peak_gb'] * (1 + plan['slack']):.1f} GB "
         f"before memory is given back (largest batch: {plan['largest_batch']['utterances']} "
         f"utterances, {plan['largest_batch']['padded_seconds']:.0f} padded seconds)",
-        f"disk for checkpoints: about {plan['checkpoint_disk_gb']:.1f} GB (keep-last 3 resumable + final weights)",
+        f"disk for checkpoints: about {plan['checkpoint_disk_gb']:.1f} GB (keep-last 3 resumable + final weights); "
+        f"for --feature-cache: about {plan['feature_cache_gb']:.1f} GB",
     ]
     bad = plan["cannot_fit"]
     if bad:

@@ -48,6 +48,17 @@ def venv_gb_needed():
     return round(max(sizes) + DOWNLOAD_MARGIN_GB, 1)
 
 
+def readme_table():
+    """The measured set-up table README.md shows (tests/test_setup.py keeps the two equal)."""
+    minutes = lambda row, key: "%d min" % round(row[key] / 60) if key in row else "not measured"  # noqa: E731
+    lines = ["| Python | `.venv` on disk | `make venv` | `make workbook` | `make test` |",
+             "| --- | --- | --- | --- | --- |"]
+    for minor, row in sorted(reference()["pythons"].items(), key=lambda kv: int(kv[0].split(".")[1])):
+        lines.append("| %s | %.1f GB | %s | %s | %s |" % (row["python"], row["venv_gb"], minutes(row, "venv_s"),
+                                                         minutes(row, "workbook_s"), minutes(row, "test_s")))
+    return "\n".join(lines)
+
+
 def names(versions):
     return ", ".join("%d.%d" % v for v in versions)
 
@@ -90,6 +101,25 @@ def find_python():
     if version and version[:2] in supported_pythons():
         return path
     return None
+
+
+def find_all():
+    """[(version, path)] for each supported Python found: pythonX.Y on PATH, else pyenv's newest X.Y.*."""
+    import glob
+
+    root = os.environ.get("PYENV_ROOT", os.path.expanduser("~/.pyenv"))
+    found = []
+    for major, minor in supported_pythons():
+        candidates = [shutil.which("python%d.%d" % (major, minor))]
+        candidates += sorted(glob.glob(os.path.join(root, "versions", "%d.%d.*" % (major, minor), "bin", "python")),
+                             key=lambda p: [int(x) for x in re.findall(r"\d+", p.split("versions")[-1])[:3]],
+                             reverse=True)
+        for path in filter(None, candidates):
+            version = python_version(path)
+            if version and version[:2] == (major, minor):
+                found.append(("%d.%d.%d" % version, path))
+                break
+    return found
 
 
 def index_check(venv_python, pin):
@@ -138,7 +168,9 @@ def check(venv, create=True):
             machine, ", ".join(TESTED_MACHINES + OTHER_MACHINES)))
 
     target = os.path.abspath(venv)
-    parent = target if os.path.isdir(target) else os.path.dirname(target)
+    parent = target
+    while not os.path.isdir(parent):  # the first folder that exists on the way to the venv
+        parent = os.path.dirname(parent)
     need = venv_gb_needed()
     free = shutil.disk_usage(parent).free / 2 ** 30
     row("disk", free >= need, "%.1f GB free in %s, the environment needs about %.1f GB%s" % (
@@ -172,9 +204,19 @@ def check(venv, create=True):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--find", action="store_true", help="print the newest supported Python on PATH and exit")
+    parser.add_argument("--find-all", action="store_true",
+                        help="print 'version path' for each supported Python found (PATH, then pyenv) and exit")
+    parser.add_argument("--supported", action="store_true", help="print the supported versions (3.10 ...) and exit")
     parser.add_argument("--venv", default=".venv", help="where the virtual environment goes")
     parser.add_argument("--no-create", action="store_true", help="check only: do not create the venv or ask pip")
     args = parser.parse_args(argv)
+    if args.supported:
+        print(" ".join("%d.%d" % v for v in supported_pythons()))
+        return 0
+    if args.find_all:
+        for version, path in find_all():
+            print(version, path)
+        return 0
     if args.find:
         path = find_python()
         if path is None:

@@ -26,3 +26,33 @@ def test_notebook_is_clean_and_structured(path):
     text = "".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown")
     assert "## Summary" in text and "## Exercises" in text
     assert "/root/" not in path.read_text() and "/home/" not in path.read_text(), "no personal absolute paths"
+
+
+def test_mode_line_says_what_each_mode_changes():
+    from ds2_helpers.notebook import mode_line, setup
+
+    ns = {"STEPS": 60, "FULL": False}
+    assert mode_line(True, ns, {"STEPS": 4}) .startswith("QUICK mode (DS2_QUICK=1")
+    assert "STEPS 60 -> 4" in mode_line(True, ns, {"STEPS": 4}) and "smoke test" in mode_line(True, ns, {"STEPS": 4})
+    unset = mode_line(False, ns, {"FULL": False})
+    assert unset == "DS2_QUICK unset: the parameters cell runs as written (FULL = False)" and "FULL mode" not in unset
+    assert "runs the same in both modes" in mode_line(False, ns, {})
+
+
+def test_setup_applies_the_quick_values_only_in_quick_mode(monkeypatch, capsys):
+    from ds2_helpers.notebook import setup
+
+    ns = {"STEPS": 60}
+    monkeypatch.setenv("DS2_QUICK", "1")
+    assert setup(ns, quick={"STEPS": 4}) is True and ns["STEPS"] == 4
+    monkeypatch.delenv("DS2_QUICK")
+    ns = {"STEPS": 60}
+    assert setup(ns, quick={"STEPS": 4}) is False and ns["STEPS"] == 60
+    assert "STEPS = 60" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_quick_values_go_through_setup(path):
+    """A notebook shrinks its runs only through notebook.setup(quick=...), so its mode line tells the truth."""
+    source = "".join("".join(c["source"]) for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code")
+    assert "notebook.setup(" in source and "if QUICK:\n    " not in source.split("notebook.setup(", 1)[1][:200]
