@@ -1,7 +1,8 @@
 """The one atomic writer: a temporary file in the target's folder, then a rename, so readers never see half a file.
 
-Manifests, results, cached features and JSON summaries go through `atomic_write`; checkpoints use the same
-temp-and-rename scheme around MindSpore's own writer (ds2_helpers.checkpoint.save)."""
+Manifests, results, cached features and JSON summaries go through `atomic_write` (a file handle); checkpoints
+through `atomic_write_path` (a temporary path for MindSpore's own writer, ds2_helpers.checkpoint.save). Either
+way a failed or interrupted write removes its temporary file, and the file gets the mode the umask gives."""
 
 from __future__ import annotations
 
@@ -11,22 +12,35 @@ from pathlib import Path
 from typing import Callable
 
 
-def atomic_write(path: str | Path, write: Callable, *, binary: bool = False) -> Path:
-    """Call `write(fh)` on a temporary file beside `path`, then rename it into place (the umask decides the mode)."""
+def _umask_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask  # what a plain open() would give
+
+
+def atomic_write_path(path: str | Path, write: Callable[[Path], None], *, suffix: str = ".tmp") -> Path:
+    """Call `write(tmp_path)` for a temporary path beside `path`, then rename it into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    os.close(fd)
     try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600 files; give what a plain open() would
-        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8", "newline": ""})) as fh:
-            write(fh)
+        write(Path(tmp))
+        os.chmod(tmp, _umask_mode())  # mkstemp makes 0600 files, MindSpore read-only ones
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def atomic_write(path: str | Path, write: Callable, *, binary: bool = False) -> Path:
+    """Call `write(fh)` on a temporary file beside `path`, then rename it into place."""
+    def to_path(tmp: Path) -> None:
+        with open(tmp, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8", "newline": ""})) as fh:
+            write(fh)
+
+    return atomic_write_path(path, to_path)
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:

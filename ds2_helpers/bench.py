@@ -38,7 +38,7 @@ class BenchConfig:
     batch_size: int = 1
     seconds: float = MEAN_SECONDS
     fixed_frames: int | None = None
-    conv_impl: str = "matmul"
+    conv_impl: str = "native"  # ModelConfig.conv
     threads: int | None = None
     amp: str | None = None          # "float16" / "bfloat16" through mindspore.amp (O3: whole network)
     freeze_conv: bool = False
@@ -400,7 +400,7 @@ def drift_chart(frame, *, every: int = 10, title: str = "Step time during one tr
 
 
 def scale_out_hours(epoch_hours: float, step_seconds: float, machines: list[int], *, params: int = 86_608_096,
-                    network_gbit: float = 10.0) -> "pd.DataFrame":
+                    network_gbit: float = 10.0):
     """Projected epoch hours on k machines like this one: compute divided by k, plus a ring all-reduce of
     the float32 gradients each step (2 (k-1)/k x their size over the network). A model, not a measurement."""
     import pandas as pd

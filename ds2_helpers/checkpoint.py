@@ -32,7 +32,6 @@ GPU size and converts as "gpu", wrongly. The zoo's BatchRNN, which sized its own
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 
@@ -40,6 +39,7 @@ import mindspore as ms
 import numpy as np
 from mindspore import nn
 
+from ds2_helpers.atomic import atomic_write_path
 from ds2_helpers.download import download
 from ds2_helpers.errors import CheckpointError
 
@@ -54,14 +54,9 @@ _FLAT_NAME = re.compile(r"^(?:RNN\.|rnn\.)?(?:lstms\.(\d+)\.weight|weight(\d+)|l
 
 def save(path: str | Path, params: list[dict], meta: dict | None = None) -> Path:
     """Write a checkpoint atomically (temp file + rename) with JSON metadata stored inside it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.ckpt")
     append = {"ds2_meta": json.dumps(meta or {})}
-    ms.save_checkpoint(params, str(tmp), append_dict=append)
-    os.chmod(tmp, 0o644)  # MindSpore writes owner-read-only files; keep them replaceable and shareable
-    os.replace(tmp, path)
-    return path
+    return atomic_write_path(path, lambda tmp: ms.save_checkpoint(params, str(tmp), append_dict=append),
+                             suffix=".tmp.ckpt")
 
 
 def read(path: str | Path) -> tuple[dict[str, np.ndarray], dict]:
@@ -250,3 +245,20 @@ def prune(folder: str | Path, keep: int) -> None:
     """Delete all but the newest `keep` step checkpoints."""
     for old in checkpoints_in(folder)[:-keep] if keep > 0 else []:
         old.unlink(missing_ok=True)
+
+
+def load_model(checkpoint: str, preset: str | None = None):
+    """A network in inference mode with a checkpoint's weights; the preset (and convolution) come from the file
+    when it records them."""
+    from ds2_helpers.config import ModelConfig, SpectConfig, from_dict, model_preset
+    from ds2_helpers.model import DeepSpeech2
+
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    _, meta = read(checkpoint)
+    cfg = model_preset(preset) if preset else from_dict(ModelConfig, meta["model"]) if "model" in meta else \
+        model_preset("paper")
+    spect = SpectConfig.from_meta(meta)  # metadata older than `periodic_window` means the periodic window
+    net = DeepSpeech2(cfg)
+    load_into(net, checkpoint)
+    net.set_train(False)
+    return net, spect

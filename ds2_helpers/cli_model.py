@@ -119,29 +119,11 @@ def cmd_pretrained(args: argparse.Namespace) -> int:
     return 0
 
 
-def load_model(checkpoint: str, preset: str | None = None):
-    """A network in inference mode with a checkpoint's weights; the preset comes from the file when it knows it."""
-    import mindspore as ms
-
-    from ds2_helpers import checkpoint as ckpt
-    from ds2_helpers.config import ModelConfig, SpectConfig, from_dict, model_preset
-    from ds2_helpers.model import DeepSpeech2
-
-    ms.set_context(mode=ms.PYNATIVE_MODE)
-    _, meta = ckpt.read(checkpoint)
-    cfg = model_preset(preset) if preset else from_dict(ModelConfig, meta["model"]) if "model" in meta else \
-        model_preset("paper")
-    spect = SpectConfig.from_meta(meta)  # metadata older than `periodic_window` means the periodic window
-    net = DeepSpeech2(cfg)
-    ckpt.load_into(net, checkpoint)
-    net.set_train(False)
-    return net, spect
-
-
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """WER/CER of a checkpoint over a manifest; per-utterance CSV and JSON summary in --out."""
     import json
 
+    from ds2_helpers.checkpoint import load_model
     from ds2_helpers.dataset import SpeechData
     from ds2_helpers.evaluate import evaluate
 
@@ -162,6 +144,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_transcribe(args: argparse.Namespace) -> int:
     """Print a transcript per audio file (WAV, FLAC, ... at any sample rate)."""
+    from ds2_helpers.checkpoint import load_model
     from ds2_helpers.evaluate import transcribe
 
     net, spect = load_model(args.checkpoint, args.preset)
@@ -174,6 +157,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     """Export the inference network to MindIR (fixed frames, padded) and check it against the checkpoint."""
     import numpy as np
 
+    from ds2_helpers.checkpoint import load_model
     from ds2_helpers.config import to_dict
     from ds2_helpers.export import ExportedModel, checkpoint_log_probs, export_mindir, export_onnx
 
@@ -247,6 +231,9 @@ def cmd_race(args: argparse.Namespace) -> int:
     return 0
 
 
+DEFAULT_CONV = "native"  # = ModelConfig.conv (tests/test_model.py checks they agree)
+
+
 def add_commands(sub) -> None:
     """Register the MindSpore commands on the top-level parser."""
     p = sub.add_parser("train", help="train or fine-tune DeepSpeech2 (resumable; works under msrun)")
@@ -266,9 +253,9 @@ def add_commands(sub) -> None:
     p.add_argument("--freeze-rnn-layers", type=int)
     p.add_argument("--max-steps", type=int, help="stop after this many global steps (a short trial)")
     p.add_argument("--threads", type=int, help="CPU threads of this process (default: MindSpore's choice)")
-    p.add_argument("--conv", choices=["native", "matmul"], default="native",
-                   help="convolution as MindSpore Conv2d (steady) or our matrix products (faster first steps, "
-                        "but slower and slower in long runs: notebook 07)")
+    p.add_argument("--conv", choices=["native", "matmul"], default=DEFAULT_CONV,
+                   help="convolution as MindSpore Conv2d (steady; the default, ModelConfig.conv) or our matrix "
+                        "products (faster first steps, but slower and slower in long runs: notebook 07)")
     p.add_argument("--max-duration", type=float, help="skip utterances longer than this (seconds)")
     p.add_argument("--limit", type=int, help="use only the first N utterances of the manifest")
     p.add_argument("--pad-multiple", type=int, default=64, help="round padded frames up to a multiple of this")
@@ -309,7 +296,7 @@ def add_commands(sub) -> None:
     p.add_argument("--batch-size", type=int, default=64, help="upper bound on utterances per batch")
     p.add_argument("--batch-seconds", type=float, help="plan this batch size instead of the largest that fits")
     p.add_argument("--probe-seconds", type=float, default=10.0, help="utterance length of the measured steps")
-    p.add_argument("--conv", choices=["native", "matmul"], default="native", help="as `train --conv`")
+    p.add_argument("--conv", choices=["native", "matmul"], default=DEFAULT_CONV, help="as `train --conv`")
     p.add_argument("--out", help="also write the plan as JSON here")
     p.set_defaults(func=cmd_plan)
 
@@ -381,3 +368,11 @@ def add_commands(sub) -> None:
     c.add_argument("--preset", default="paper", choices=["paper", "mini"])
     c.add_argument("--gate-order", default="ifgo", help="gate order inside the flat weight (default: i, f, g, o)")
     c.set_defaults(func=cmd_pretrained)
+
+
+def __getattr__(name: str):  # TEMPORARY while notebook 05 moves to ds2_helpers.checkpoint.load_model
+    if name == "load_model":
+        from ds2_helpers.checkpoint import load_model
+
+        return load_model
+    raise AttributeError(name)

@@ -74,10 +74,16 @@ class ModelConfig:
     hidden_layers: int = 5
     num_classes: int = 29
     n_bins: int = 161
+    # How the convolutions are computed (same weights either way): "native" = MindSpore's nn.Conv2d, the one
+    # every command uses; "matmul" = our blocked matrix products, faster over a run's first steps but slower
+    # in long runs (notebook 07). Stored in checkpoints; one written before this field reads as "native".
+    conv: str = "native"
 
     def __post_init__(self) -> None:
         if self.rnn_type.upper() not in ("LSTM", "GRU"):
             raise ParameterError(f"rnn_type {self.rnn_type!r}: use 'LSTM' or 'GRU'")
+        if self.conv not in ("native", "matmul"):
+            raise ParameterError(f"conv {self.conv!r}: use 'native' (nn.Conv2d) or 'matmul'")
 
 
 @dataclass(frozen=True)

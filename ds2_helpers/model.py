@@ -7,6 +7,7 @@ checkpoints load after conversion (see ds2_helpers.checkpoint).
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import mindspore as ms
 import numpy as np
@@ -23,11 +24,19 @@ def conv_out(n: int, kernel: int, stride: int, pad: int) -> int:
     return (n + 2 * pad - kernel) // stride + 1
 
 
+#: (kernel, stride, padding) of each convolution along time: the one source of the output-length formula.
+TIME_GEOMETRY = tuple((conv["kernel"][1], conv["stride"][1], conv["padding"][2]) for conv in (CONV1, CONV2))
+
+
 def output_lengths(frames):
-    """Output frames for input spectrogram frames (ints, NumPy arrays or MindSpore tensors)."""
-    for conv in (CONV1, CONV2):
-        frames = (frames + 2 * conv["padding"][2] - conv["kernel"][1]) // conv["stride"][1] + 1
+    """Output frames for input spectrogram frames (ints, NumPy arrays or MindSpore tensors; the network calls
+    it inside its graph too): each convolution maps n frames to floor((n + 2p - k) / s) + 1."""
+    for kernel, stride, pad in TIME_GEOMETRY:
+        frames = conv_out(frames, kernel, stride, pad)
     return frames
+
+
+_lengths_after_convs = output_lengths  # the graph compiler resolves the bare name to the method below, itself
 
 
 def rnn_input_size(cfg: ModelConfig) -> int:
@@ -176,11 +185,11 @@ class MaskConv(nn.Cell):
     """Conv-BN-tanh twice; frames past each utterance's length are zeroed and left out of the BatchNorm
     statistics (MaskedBatchNorm), so padding never leaks in, in training or inference.
 
-    `impl="matmul"` (default) computes each convolution as blocked matrix products; `impl="native"`
-    uses nn.Conv2d. Both hold the same `weight` [c_out, c_in, kf, kt], so checkpoints move freely.
+    `impl="native"` (default, as ModelConfig.conv) uses nn.Conv2d; `impl="matmul"` computes each convolution
+    as blocked matrix products. Both hold the same `weight` [c_out, c_in, kf, kt], so checkpoints move freely.
     """
 
-    def __init__(self, channels: int, n_bins: int = 161, impl: str = "matmul") -> None:
+    def __init__(self, channels: int, n_bins: int = 161, impl: str = "native") -> None:
         super().__init__()
         self.impl = impl
         self.channels = channels
@@ -279,10 +288,10 @@ class SequenceWise(nn.Cell):
 class DeepSpeech2(nn.Cell):
     """Spectrogram [N, 1, 161, T] + frame lengths [N] -> logits [T', N, 29] and output lengths [N]."""
 
-    def __init__(self, cfg: ModelConfig = ModelConfig(), conv_impl: str = "matmul") -> None:
+    def __init__(self, cfg: ModelConfig = ModelConfig(), conv_impl: str | None = None) -> None:
         super().__init__()
-        self.cfg = cfg
-        self.conv = MaskConv(cfg.conv_channels, cfg.n_bins, conv_impl)
+        self.cfg = cfg if conv_impl is None else replace(cfg, conv=conv_impl)  # what checkpoints record
+        self.conv = MaskConv(cfg.conv_channels, cfg.n_bins, self.cfg.conv)
         self.RNN = BatchRNN(rnn_input_size(cfg), cfg.hidden_size, cfg.hidden_layers, cfg.rnn_type)
         bound = 1.0 / math.sqrt(cfg.hidden_size)
         dense = nn.Dense(cfg.hidden_size, cfg.num_classes, has_bias=False,
@@ -297,11 +306,8 @@ class DeepSpeech2(nn.Cell):
         return self.fc(x), out_lengths
 
     def output_lengths(self, lengths):
-        """Exact output frames after both convolutions, inside the graph (MindSpore's graph compiler does not
-        follow the module-level `output_lengths` here, so the loop is repeated)."""
-        for conv in (CONV1, CONV2):
-            lengths = (lengths + 2 * conv["padding"][2] - conv["kernel"][1]) // conv["stride"][1] + 1
-        return lengths
+        """Exact output frames after both convolutions (the module's `output_lengths`, inside the graph)."""
+        return _lengths_after_convs(lengths)
 
 
 def count_parameters(net: nn.Cell, trainable_only: bool = True) -> int:

@@ -42,21 +42,6 @@ def waveform_and_spectrograms(audio: np.ndarray, cfg: SpectConfig = SpectConfig(
     return fig
 
 
-def window_comparison(audio: np.ndarray, windows=("hann", "hanning", "hamming"), cfg: SpectConfig = SpectConfig()):
-    """The same utterance under several analysis windows, with the largest difference to the first."""
-    first = spectrogram(audio, SpectConfig(window=windows[0]))
-    fig, axes = plt.subplots(1, len(windows), figsize=(4 * len(windows), 3), sharey=True)
-    rows = []
-    for ax, name in zip(axes, windows):
-        spect = spectrogram(audio, SpectConfig(window=name))
-        ax.imshow(spect, origin="lower", aspect="auto")
-        ax.set(title=name, xlabel="frame")
-        rows.append({"window": name, "max |difference| to " + windows[0]: float(np.abs(spect - first).max())})
-    axes[0].set_ylabel("bin")
-    fig.tight_layout()
-    return fig, pd.DataFrame(rows)
-
-
 def stride_comparison(audio: np.ndarray, strides_ms=(10, 20), cfg: SpectConfig = SpectConfig()):
     """Frames per second (and so LSTM steps) for several strides: coarser stride, fewer steps."""
     fig, axes = plt.subplots(1, len(strides_ms), figsize=(5 * len(strides_ms), 3))

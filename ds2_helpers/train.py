@@ -146,22 +146,23 @@ class TrainState:
 class Trainer:
     """Builds network, optimizer and step; runs epochs with logging and checkpoints in `out`.
 
-    `conv_impl` is MindSpore's Conv2d by default: our matmul convolution is faster over the first steps,
-    but its step time grows run after run of steps (notebook 07), so long training keeps the steady one."""
+    `conv_impl` overrides `model_cfg.conv` (MindSpore's Conv2d by default: our matmul convolution is faster over
+    the first steps, but its step time grows run after run of steps, notebook 07); checkpoints record it."""
 
     def __init__(self, model_cfg: ModelConfig, train_cfg: TrainConfig, out: str | Path, *,
                  spect: SpectConfig = SpectConfig(), pretrained: str | Path | None = None,
-                 rank: int | None = None, world: int | None = None, conv_impl: str = "native",
+                 rank: int | None = None, world: int | None = None, conv_impl: str | None = None,
                  amp: str | None = None) -> None:
         set_mode(train_cfg.mode)
         if rank is None or world is None:
             rank, world = distributed_context()
         self.rank, self.world = rank, world
         set_seed(train_cfg.seed)
-        self.model_cfg, self.cfg, self.spect = model_cfg, train_cfg, spect
+        self.cfg, self.spect = train_cfg, spect
         self.out = Path(out)
         self.out.mkdir(parents=True, exist_ok=True)
         self.net = DeepSpeech2(model_cfg, conv_impl=conv_impl)
+        self.model_cfg = self.net.cfg  # with the convolution actually used
         self.pretrained_meta = ckpt.load_into(self.net, pretrained) if pretrained else None
         self.frozen = freeze(self.net, conv=train_cfg.freeze_conv, rnn_layers=train_cfg.freeze_rnn_layers)
         self.loss_net = CTCLossNet(self._with_amp(self.net, amp))

@@ -187,3 +187,28 @@ def test_gru_variant_builds_and_runs():
     net.set_train(False)
     logits, _ = net(ms.Tensor(np.zeros((1, 1, 161, 20), np.float32)), ms.Tensor(np.array([20], np.int32)))
     assert logits.shape == (10, 1, 29)
+
+
+def test_one_default_convolution_everywhere_and_checkpoints_carry_it(tmp_path):
+    """ModelConfig.conv is the single default: the network, the CLI and the trainer use it, checkpoints record the
+    convolution they were trained with, and load_model builds the same one (old files without it: native)."""
+    from ds2_helpers import checkpoint as ckpt
+    from ds2_helpers.cli_model import DEFAULT_CONV
+    from ds2_helpers.config import TrainConfig
+    from ds2_helpers.model import MatmulConv
+    from ds2_helpers.train import Trainer
+
+    assert ModelConfig().conv == DEFAULT_CONV == "native"
+    assert isinstance(DeepSpeech2(SMALL).conv.conv1, nn.Conv2d)
+    trainer = Trainer(SMALL, TrainConfig(), tmp_path / "run", conv_impl="matmul")
+    assert trainer.model_cfg.conv == "matmul" and isinstance(trainer.net.conv.conv1, MatmulConv)
+    path = trainer.export_weights(tmp_path / "matmul.ckpt")
+    assert ckpt.read(path)[1]["model"]["conv"] == "matmul"
+    net, _ = ckpt.load_model(str(path))
+    assert net.cfg.conv == "matmul" and isinstance(net.conv.conv1, MatmulConv)
+    arrays, meta = ckpt.read(path)
+    del meta["model"]["conv"]  # a checkpoint written before the field existed
+    old = ckpt.save(tmp_path / "old.ckpt", [{"name": k, "data": ms.Tensor(v)} for k, v in arrays.items()], meta)
+    assert ckpt.load_model(str(old))[0].cfg.conv == "native"
+    with pytest.raises(Exception, match="conv 'fft'"):
+        ModelConfig(conv="fft")

@@ -29,7 +29,7 @@ def test_notebook_is_clean_and_structured(path):
 
 
 def test_mode_line_says_what_each_mode_changes():
-    from ds2_helpers.notebook import mode_line, setup
+    from ds2_helpers.notebook import mode_line
 
     ns = {"STEPS": 60, "FULL": False}
     assert mode_line(True, ns, {"STEPS": 4}) .startswith("QUICK mode (DS2_QUICK=1")

@@ -2,7 +2,6 @@
 the preflight, the on-disk feature cache and the LibriSpeech-shaped rehearsal corpus."""
 
 import json
-import os
 
 import numpy as np
 import pandas as pd
@@ -138,7 +137,7 @@ def test_rehearsal_small(tmp_path):
     assert summary["export_ok"] and summary["preflight"].startswith("preflight: fits")
     assert json.loads((tmp_path / "rehearsal.json").read_text())["steps"][0]["step"] == "corpus"
     longest = pd.read_csv(tmp_path / "longest.csv").iloc[-1]
-    from ds2_helpers.cli_model import load_model
+    from ds2_helpers.checkpoint import load_model
     from ds2_helpers.evaluate import transcribe
     from ds2_helpers.paths import data_dir
 

@@ -1,0 +1,82 @@
+"""README's measured numbers are the committed reference data's: every figure of the speed table and of the
+paragraph after it is recomputed here from data/bench_reference_2core.json at the precision README prints."""
+
+import json
+import re
+
+import pytest
+
+from ds2_helpers.paths import repo_path
+
+REF = {r["name"]: r for r in json.loads(repo_path("data", "bench_reference_2core.json").read_text())["results"]}
+COURSE = "course: graph, batch 1, 1250-frame padding, Conv2d"
+# README row label (start) -> the reference configurations its " / "-separated values come from
+ROWS = {
+    "course: Graph, batch 1": [COURSE],
+    "PyNative mode": ["pynative mode"],
+    "no fixed padding": ["no 1250-frame padding (length-sorted)"],
+    "**batch 4, sorted**": ["combined: graph, batch 4, sorted, Conv2d"],
+    "batch 8 / **batch 16**": ["batch 8", "batch 16"],
+    "random instead of sorted": ["random batches (19% padding)"],
+    "1 thread instead of 2": ["1 thread"],
+    "float16 mixed precision": ["mixed precision float16 (amp O2)"],
+    "our matmul convolution": ["matmul convolution (ours; first steps only)",
+                               "matmul conv instead of Conv2d (batch 4; first steps only)"],
+    "other models": ["transfer: conv + lower RNN layers frozen", "smaller: 3 x BiLSTM-512"],
+}
+COLUMNS = {  # column -> value of one configuration
+    1: lambda r: r["step_seconds"],
+    2: lambda r: r["epoch_hours"],
+    3: lambda r: REF[COURSE]["epoch_hours"] / r["epoch_hours"],
+    4: lambda r: r["percent_of_floor"],
+    5: lambda r: r["peak_rss_mb"] / 1024,
+}
+
+
+def table_rows():
+    text = repo_path("README.md").read_text()
+    section = text.split("## How much faster?", 1)[1].split("\n\n", 3)[2]
+    return [[c.strip() for c in line.strip("|").split("|")] for line in section.splitlines()[2:]]
+
+
+def numbers(cell):
+    return re.findall(r"\d+(?:\.\d+)?", cell.replace("**", ""))
+
+
+def same(written: str, value: float) -> bool:
+    decimals = len(written.split(".")[1]) if "." in written else 0
+    return f"{value:.{decimals}f}" == written
+
+
+def test_every_row_of_the_speed_table_is_in_the_reference():
+    rows = table_rows()
+    matched = set()
+    for cells in rows:
+        label = next((k for k in ROWS if cells[0].startswith(k)), None)
+        if label is None:
+            assert "refused" in cells[1], f"README row not in the reference: {cells[0]}"
+            continue
+        matched.add(label)
+        configs = [REF[n] for n in ROWS[label]]
+        for col, value in COLUMNS.items():
+            written = numbers(cells[col])
+            if not written:
+                continue
+            assert len(written) == len(configs), (cells[0], col, cells[col])
+            for w, r in zip(written, configs):
+                assert same(w, value(r)), f"{cells[0]}, column {col}: README {w}, reference {value(r):.3f}"
+    assert matched == set(ROWS)
+
+
+@pytest.mark.parametrize("phrase, value", [
+    ("ran at {} GFLOP/s on that host", lambda: REF[COURSE]["numpy_gflops"]),
+    ("so the floor is {} h per epoch", lambda: REF[COURSE]["floor_epoch_hours"]),
+    ("reaches {}% of the floor", lambda: REF["batch 16"]["percent_of_floor"]),
+    ("but only {}x the course's configuration", lambda: REF[COURSE]["epoch_hours"] / REF["batch 16"]["epoch_hours"]),
+    ("already at {}% of the floor", lambda: REF[COURSE]["percent_of_floor"]),
+])
+def test_the_paragraphs_quote_the_reference(phrase, value):
+    text = " ".join(repo_path("README.md").read_text().split())
+    match = re.search(re.escape(phrase).replace(re.escape("{}"), r"(\d+(?:\.\d+)?)"), text)
+    assert match, phrase
+    assert same(match.group(1), value()), (phrase, match.group(1), value())
