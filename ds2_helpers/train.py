@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,11 +17,7 @@ from ds2_helpers.config import ModelConfig, SpectConfig, TrainConfig, to_dict
 from ds2_helpers.dataset import Batch, SpeechData, make_batches, padded_seconds, shard
 from ds2_helpers.labels import BLANK_INDEX
 from ds2_helpers.model import DeepSpeech2, freeze
-
-METRIC_FIELDS = ["step", "epoch", "loss", "lr", "utterances", "audio_seconds", "step_seconds",
-                 "audio_seconds_per_second", "padding_fraction", "frames", "rss_gb", "memory_released", "rank",
-                 "utterance_ids"]
-
+from ds2_helpers.train_log import EpochProgress, MetricsLog, metrics_row
 
 def set_mode(mode: str) -> None:
     """Graph (compiled, faster) or PyNative (eager, easier to debug) on the CPU."""
@@ -261,27 +255,18 @@ class Trainer:
             pad_multiple: int = 64, label_multiple: int = 32, fixed_frames: int | None = None,
             callback=None, progress: bool = True) -> TrainState:
         """Train until `epochs` are done or `max_steps` global steps; checkpoints every `save_every` steps."""
-        from tqdm.auto import tqdm
-
         epochs = epochs or self.cfg.epochs
-        log_path = self.out / ("metrics.csv" if self.world == 1 else f"metrics.rank{self.rank}.csv")
-        new_log = not log_path.exists()
-        log = open(log_path, "a", newline="")
-        writer = csv.DictWriter(log, fieldnames=METRIC_FIELDS)
-        if new_log:
-            writer.writeheader()
-        plain = not sys.stderr.isatty()
-        try:
+        with MetricsLog(self.out / ("metrics.csv" if self.world == 1 else f"metrics.rank{self.rank}.csv")) as log:
             while self.state.epoch < epochs:
                 epoch = self.state.epoch
                 lr = annealed_lr(self.cfg, epoch)
                 self.optimizer.learning_rate.set_data(ms.Tensor(np.float32(lr)))
                 batches = self.epoch_batches(data, epoch, pad_multiple)
-                bar = tqdm(total=len(batches), initial=self.state.step_in_epoch, desc=f"epoch {epoch + 1}/{epochs}",
-                           unit="step", disable=not progress or plain or self.rank != 0, dynamic_ncols=True)
+                shown = EpochProgress(epoch, epochs, len(batches), self.state.step_in_epoch,
+                                      enabled=progress and self.rank == 0, log_every=self.cfg.log_every)
                 for k in range(self.state.step_in_epoch, len(batches)):
                     if max_steps is not None and self.state.global_step >= max_steps:
-                        bar.close()
+                        shown.close()
                         self.sync_batchnorm_stats()
                         return self.state
                     batch = data.batch(batches[k], pad_multiple=pad_multiple, label_multiple=label_multiple,
@@ -291,33 +276,22 @@ class Trainer:
                     dt = time.perf_counter() - t0
                     self.state.global_step += 1
                     self.state.step_in_epoch = k + 1
-                    audio = float(batch.x_len.sum()) * self.spect.window_stride
-                    row = {"step": self.state.global_step, "epoch": epoch, "loss": round(loss, 5), "lr": lr,
-                           "utterances": len(batch.ids), "audio_seconds": round(audio, 3),
-                           "step_seconds": round(dt, 4), "audio_seconds_per_second": round(audio / dt, 3),
-                           "padding_fraction": round(batch.padding_fraction, 4), "frames": batch.x.shape[3],
-                           "rss_gb": round(self.rss_gb, 3), "memory_released": int(self.released),
-                           "rank": self.rank, "utterance_ids": " ".join(batch.ids)}
-                    writer.writerow(row)
-                    log.flush()
+                    row = metrics_row(step=self.state.global_step, epoch=epoch, loss=loss, lr=lr, batch=batch,
+                                      step_seconds=dt, window_stride=self.spect.window_stride, rss_gb=self.rss_gb,
+                                      released=self.released, rank=self.rank)
+                    log.write(row)
                     self.state.history.append(row)
-                    bar.set_postfix(loss=f"{loss:.3f}", audio_s_per_s=f"{audio / dt:.1f}")
-                    bar.update()
-                    if plain and progress and self.rank == 0 and self.state.global_step % self.cfg.log_every == 0:
-                        print(f"epoch {epoch + 1}/{epochs} step {k + 1}/{len(batches)} (global {self.state.global_step})"
-                              f" loss {loss:.4f} lr {lr:.2e} {audio / dt:.1f} audio-s/s {dt:.2f} s/step", flush=True)
+                    shown.update(row, k + 1)
                     if callback is not None:
                         callback(self, row)
                     if self.cfg.save_every and self.state.global_step % self.cfg.save_every == 0 and self.rank == 0:
                         self.save()
-                bar.close()
+                shown.close()
                 self.state.epoch += 1
                 self.state.step_in_epoch = 0
                 self.sync_batchnorm_stats()  # every rank reaches this point, so the all-reduce cannot hang
                 if self.rank == 0:
                     self.save()
-        finally:
-            log.close()
         return self.state
 
     def export_weights(self, path: str | Path) -> Path:

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pandas as pd
+import pytest
 
 
 def cli(*args, cwd=None):
@@ -45,8 +46,21 @@ def test_train_resume_and_evaluate(tiny_corpus, tmp_path):
               "--out", tmp_path / "eval")
     assert run.returncode == 0, run.stderr[-2000:]
     summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
-    assert summary["utterances"] == 6 and 0 <= summary["cer"] and summary["rtf"] > 0
-    assert len(pd.read_csv(tmp_path / "eval" / "results.csv")) == 6
+    results = pd.read_csv(tmp_path / "eval" / "results.csv", keep_default_na=False)
+    assert summary["utterances"] == len(results) == 6 and summary["rtf"] > 0
+    import jiwer
+
+    from ds2_helpers.checkpoint import load_model
+    from ds2_helpers.evaluate import transcribe
+
+    # the hypotheses are what the checkpoint transcribes, and the scores are jiwer's over them
+    from ds2_helpers.librispeech import read_manifest
+
+    net, spect = load_model(str(out / "final.ckpt"))
+    audio = read_manifest(tiny_corpus / "test.csv").set_index("utterance_id").audio_path[results.utterance_id]
+    assert results.hypothesis.tolist() == transcribe(net, audio.tolist(), spect)
+    assert summary["cer"] == pytest.approx(jiwer.cer(results.reference.tolist(), results.hypothesis.tolist()))
+    assert summary["wer"] == pytest.approx(jiwer.wer(results.reference.tolist(), results.hypothesis.tolist()))
 
 
 def test_transcribe_any_sample_rate_and_clear_errors(tiny_corpus, tmp_path):

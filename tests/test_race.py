@@ -55,7 +55,9 @@ def test_race_trains_for_the_budget_and_scores_held_out_speakers(tiny_corpus, tm
         assert len(points) >= 2
         assert points[-1]["train_seconds"] >= 30.0
         assert all(a["step"] < b["step"] for a, b in zip(points, points[1:]))
-        assert all(0.0 <= p["cer"] for p in points)
+        # a few steps from scratch cannot transcribe unseen speakers: CER near 1 (an empty output scores 1.0);
+        # a scorer that compared the references with themselves would give 0
+        assert all(0.5 < p["cer"] <= 1.5 for p in points), [p["cer"] for p in points]
     one = [r for r in curve if r["name"] == "one layer"][0]
     full = [r for r in curve if r["name"] == "tiny mini"][0]
     available = len(SpeechData(tiny_corpus / "train.csv"))
