@@ -40,7 +40,7 @@ notebooks: $(STAMP) $(MINI_STAMP)  ## run every notebook top to bottom; executed
 	done
 
 test: $(STAMP) $(MINI_STAMP)  ## unit tests + every notebook (quick mode) through nbmake
-	DS2_QUICK=1 $(BIN)/python -m pytest tests --nbmake notebooks --nbmake-timeout=900 -p no:cacheprovider
+	DS2_QUICK=1 $(BIN)/python -m pytest tests --nbmake notebooks --nbmake-timeout=900 -p no:cacheprovider --durations=12
 
 lab: $(STAMP) $(MINI_STAMP)
 	$(BIN)/jupyter lab --notebook-dir=notebooks

@@ -32,7 +32,7 @@ def experiments(quick: bool = False, only: list[str] | None = None, manifest=Non
     course = course_config(**size)
     course = replace(course, name=course.name.replace("1250", str(course.fixed_frames)))
     course_step = replace(course, kind="step")
-    batch = 4  # paper model, 2 cores: 64 / 58 / 53 h at batch 4 / 8 / 16 (8.8 / 12 / 17.7 GB); 8 and 16 are rows
+    batch = 4  # paper model, 2 cores: batch 4 is the combination; batches 8 and 16 (faster, more memory) are rows
     # Conv2d, not our matmul conv: the latter is faster over the first steps only (its step time grows in
     # long runs, notebook 07), so its rows are contrasts, not recommendations
     best = replace(course, name=f"combined: graph, batch {batch}, sorted, Conv2d", fixed_frames=None,

@@ -19,7 +19,7 @@ class RaceConfig:
     hidden_layers: int | None = None
     hidden_size: int | None = None
     rnn_type: str | None = None
-    limit: int | None = None  # only the first N training utterances (the mini corpus lists them by speaker)
+    limit: int | None = None  # only the first N training utterances (manifests are sorted by duration: the shortest N)
     conv_impl: str = "native"  # our matmul conv slows down step after step in long runs (notebook 07)
 
     def model_config(self):
