@@ -369,10 +369,3 @@ def add_commands(sub) -> None:
     c.add_argument("--gate-order", default="ifgo", help="gate order inside the flat weight (default: i, f, g, o)")
     c.set_defaults(func=cmd_pretrained)
 
-
-def __getattr__(name: str):  # TEMPORARY while notebook 05 moves to ds2_helpers.checkpoint.load_model
-    if name == "load_model":
-        from ds2_helpers.checkpoint import load_model
-
-        return load_model
-    raise AttributeError(name)

@@ -50,7 +50,13 @@ def venv_gb_needed():
 
 def readme_table():
     """The measured set-up table README.md shows (tests/test_setup.py keeps the two equal)."""
-    minutes = lambda row, key: "%d min" % round(row[key] / 60) if key in row else "not measured"  # noqa: E731
+    def minutes(row, key):
+        if key not in row:
+            return "not measured"
+        shared = " (machine shared with other jobs)" if key in row.get("under_load", []) else ""
+        minutes = row[key] / 60
+        return ("%.1f min%s" if minutes < 10 else "%.0f min%s") % (minutes, shared)
+
     lines = ["| Python | `.venv` on disk | `make venv` | `make workbook` | `make test` |",
              "| --- | --- | --- | --- | --- |"]
     for minor, row in sorted(reference()["pythons"].items(), key=lambda kv: int(kv[0].split(".")[1])):
