@@ -255,7 +255,7 @@ def add_commands(sub) -> None:
     p.add_argument("--threads", type=int, help="CPU threads of this process (default: MindSpore's choice)")
     p.add_argument("--conv", choices=["native", "matmul"], default=DEFAULT_CONV,
                    help="convolution as MindSpore Conv2d (steady; the default, ModelConfig.conv) or our matrix "
-                        "products (faster first steps, but slower and slower in long runs: notebook 07)")
+                        "products (slower and slower in long runs: notebook 07)")
     p.add_argument("--max-duration", type=float, help="skip utterances longer than this (seconds)")
     p.add_argument("--limit", type=int, help="use only the first N utterances of the manifest")
     p.add_argument("--pad-multiple", type=int, default=64, help="round padded frames up to a multiple of this")

@@ -75,8 +75,8 @@ class ModelConfig:
     num_classes: int = 29
     n_bins: int = 161
     # How the convolutions are computed (same weights either way): "native" = MindSpore's nn.Conv2d, the one
-    # every command uses; "matmul" = our blocked matrix products, faster over a run's first steps but slower
-    # in long runs (notebook 07). Stored in checkpoints; one written before this field reads as "native".
+    # every command uses; "matmul" = our blocked matrix products, which on some hosts start faster but grow
+    # slower in long runs (notebook 07). Stored in checkpoints; one written before this field reads "native".
     conv: str = "native"
 
     def __post_init__(self) -> None:

@@ -33,8 +33,8 @@ def experiments(quick: bool = False, only: list[str] | None = None, manifest=Non
     course = replace(course, name=course.name.replace("1250", str(course.fixed_frames)))
     course_step = replace(course, kind="step")
     batch = 4  # paper model, 2 cores: batch 4 is the combination; batches 8 and 16 (faster, more memory) are rows
-    # Conv2d, not our matmul conv: the latter is faster over the first steps only (its step time grows in
-    # long runs, notebook 07), so its rows are contrasts, not recommendations
+    # Conv2d, not our matmul conv: the latter was no faster over the reference's first steps and its step time
+    # grows in long runs (notebook 07), so its rows are contrasts, not recommendations
     best = replace(course, name=f"combined: graph, batch {batch}, sorted, Conv2d", fixed_frames=None,
                    batch_size=batch, kind="step")
     waste = random_batch_padding(best.batch_size, manifest)

@@ -140,8 +140,8 @@ class TrainState:
 class Trainer:
     """Builds network, optimizer and step; runs epochs with logging and checkpoints in `out`.
 
-    `conv_impl` overrides `model_cfg.conv` (MindSpore's Conv2d by default: our matmul convolution is faster over
-    the first steps, but its step time grows run after run of steps, notebook 07); checkpoints record it."""
+    `conv_impl` overrides `model_cfg.conv` (MindSpore's Conv2d by default: our matmul convolution's step time
+    grows run after run of steps, notebook 07); checkpoints record it."""
 
     def __init__(self, model_cfg: ModelConfig, train_cfg: TrainConfig, out: str | Path, *,
                  spect: SpectConfig = SpectConfig(), pretrained: str | Path | None = None,

@@ -80,3 +80,25 @@ def test_the_paragraphs_quote_the_reference(phrase, value):
     match = re.search(re.escape(phrase).replace(re.escape("{}"), r"(\d+(?:\.\d+)?)"), text)
     assert match, phrase
     assert same(match.group(1), value()), (phrase, match.group(1), value())
+
+
+def drift(conv: str):
+    import pandas as pd
+
+    frame = pd.read_csv(repo_path("data", "conv_drift_reference_2core.csv"))
+    return frame[frame.conv.str.startswith(conv)].set_index("step").step_seconds
+
+
+@pytest.mark.parametrize("phrase, value", [
+    ("(median of steps 2-20: {} s)", lambda: drift("MindSpore Conv2d").loc[2:20].median()),
+    ("for {} steps, while", lambda: drift("MindSpore Conv2d").index.max()),
+    ("started at {} s with one product for all taps", lambda: drift("matmul conv (ours, one product for all").loc[2:20].median()),
+    ("({} s with one per tap)", lambda: drift("matmul conv (ours, one product per tap").loc[2:20].median()),
+    ("{} s by step 58 with one product for all taps", lambda: drift("matmul conv (ours, one product for all")[58]),
+    ("{} s by step 65 with one per tap", lambda: drift("matmul conv (ours, one product per tap")[65]),
+])
+def test_the_long_run_paragraph_quotes_the_drift_reference(phrase, value):
+    text = " ".join(repo_path("README.md").read_text().split())
+    match = re.search(re.escape(phrase).replace(re.escape("{}"), r"(\d+(?:\.\d+)?)"), text)
+    assert match, phrase
+    assert same(match.group(1), value()), (phrase, match.group(1), value())
