@@ -6,6 +6,8 @@ import argparse
 import os
 from pathlib import Path
 
+from ds2_helpers.config import ModelConfig
+
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train (or fine-tune) on a manifest; resumable; runs unchanged under msrun."""
@@ -231,7 +233,7 @@ def cmd_race(args: argparse.Namespace) -> int:
     return 0
 
 
-DEFAULT_CONV = "native"  # = ModelConfig.conv (tests/test_model.py checks they agree)
+DEFAULT_CONV = ModelConfig.conv  # the one default, read from the model config
 
 
 def add_commands(sub) -> None:
@@ -368,4 +370,3 @@ def add_commands(sub) -> None:
     c.add_argument("--preset", default="paper", choices=["paper", "mini"])
     c.add_argument("--gate-order", default="ifgo", help="gate order inside the flat weight (default: i, f, g, o)")
     c.set_defaults(func=cmd_pretrained)
-

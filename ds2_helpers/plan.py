@@ -102,11 +102,9 @@ def librispeech_disk(subsets=("train-clean-100", "dev-clean", "test-clean"), *, 
     """What the course's real run needs on disk, in GB: the archives (openslr's published sizes, committed in
     data/setup_reference.json), the extracted FLAC (about the archive's size: FLAC does not compress further),
     the training subset's feature cache and the paper run's checkpoints."""
-    import json
+    from ds2_helpers.setup_check import reference  # the one reader of data/setup_reference.json
 
-    from ds2_helpers.paths import data_dir
-
-    ref = json.loads((data_dir() / "setup_reference.json").read_text())["librispeech"]
+    ref = reference()["librispeech"]
     archives = sum(ref["archive_gb"][s] for s in subsets)
     train_hours = sum(ref["hours"][s] for s in subsets if s.startswith("train"))
     need = {"archives": archives, "extracted": archives, "feature_cache": feature_cache_gb(train_hours),

@@ -19,6 +19,7 @@ from ds2_helpers.labels import BLANK_INDEX
 from ds2_helpers.model import DeepSpeech2, freeze
 from ds2_helpers.train_log import EpochProgress, MetricsLog, metrics_row
 
+
 def set_mode(mode: str) -> None:
     """Graph (compiled, faster) or PyNative (eager, easier to debug) on the CPU."""
     ms.set_context(mode=ms.GRAPH_MODE if mode.lower() == "graph" else ms.PYNATIVE_MODE)  # CPU: the wheel's device

@@ -57,7 +57,6 @@ class EpochProgress:
 
         self.epoch, self.epochs, self.steps, self.log_every = epoch, epochs, steps, log_every
         self.plain = enabled and not sys.stderr.isatty()  # nohup, a log file: no bar redrawn into it
-        self.enabled = enabled
         self.bar = tqdm(total=steps, initial=done, desc=f"epoch {epoch + 1}/{epochs}", unit="step",
                         disable=not enabled or self.plain, dynamic_ncols=True)
 
