@@ -52,9 +52,25 @@ PACKINGS = ("gpu", "cpu")
 _FLAT_NAME = re.compile(r"^(?:RNN\.|rnn\.)?(?:lstms\.(\d+)\.weight|weight(\d+)|lstms\.(\d+)\.rnn\.weight)$")
 
 
+def check_disk(folder: str | Path, need_bytes: int, what: str = "the checkpoint") -> None:
+    """Refuse to start a write that cannot fit: a full disk mid-write costs the write and, on a shared quota,
+    the next one too."""
+    import shutil
+
+    folder = Path(folder)
+    probe = next((p for p in (folder, *folder.parents) if p.exists()), Path("."))
+    free = shutil.disk_usage(probe).free
+    if free < need_bytes:
+        raise CheckpointError(f"{folder}: {free / 1e9:.2f} GB free, {what} needs {need_bytes / 1e9:.2f} GB; free "
+                              "disk space (older runs, --keep-last smaller) or write to another folder")
+
+
 def save(path: str | Path, params: list[dict], meta: dict | None = None) -> Path:
-    """Write a checkpoint atomically (temp file + rename) with JSON metadata stored inside it."""
+    """Write a checkpoint atomically (temp file + rename) with JSON metadata stored inside it, after checking
+    that the folder has room for it."""
     append = {"ds2_meta": json.dumps(meta or {})}
+    need = sum(int(getattr(p["data"], "nbytes", 0) or np.asarray(p["data"]).nbytes) for p in params)
+    check_disk(Path(path).parent, need + len(append["ds2_meta"]) + (16 << 20), f"{Path(path).name}")
     return atomic_write_path(path, lambda tmp: ms.save_checkpoint(params, str(tmp), append_dict=append),
                              suffix=".tmp.ckpt")
 
@@ -216,7 +232,11 @@ def pack_v1(arrays: dict[str, np.ndarray], layers: int, *, gate_order: str = "if
 def convert_file(src: str | Path, dst: str | Path, net: nn.Cell, *, gate_order: str = "ifgo") -> tuple[Path, str]:
     """Convert a 1.x DeepSpeech2 checkpoint file for `net`; Adam moments are dropped.
     Returns the written path and the detected packing ("gpu" or "cpu"), which the metadata records too."""
-    arrays, _ = read(src)
+    arrays, meta = read(src)
+    if not _flat_weights(arrays):
+        kind = "written by this workbook" if meta else "in MindSpore 2.x format"
+        raise CheckpointError(f"{src}: already converted ({kind}: no flat 1.x LSTM weights); use it as it is "
+                              "(train --pretrained, evaluate/transcribe/export --checkpoint)")
     packing = detect_packing(arrays, net)
     converted = convert_v1(arrays, net, gate_order=gate_order, packing=packing)
     check_compatible(net, converted, f"{src} (converted)")

@@ -3,10 +3,48 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from pathlib import Path
 
 from ds2_helpers import paths
+
+
+def at_least(minimum: int):
+    """argparse type: a whole number >= minimum (checked before any work starts)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} is too small: use {minimum} or more")
+        return value
+
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
+
+
+def non_negative(text: str) -> float:
+    """argparse type: a number >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"{value:g} is not allowed: use 0 or more")
+    return value
+
+
+def positive(text: str) -> float:
+    """argparse type: a number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"{value:g} is not allowed: use a number above 0")
+    return value
 
 
 def cmd_minicorpus(args: argparse.Namespace) -> int:
@@ -29,8 +67,10 @@ def cmd_minicorpus(args: argparse.Namespace) -> int:
 
 def cmd_librispeech(args: argparse.Namespace) -> int:
     """Download, verify and extract LibriSpeech subsets."""
-    from ds2_helpers.librispeech import download_subset
+    from ds2_helpers.librispeech import download_subset, subset_url
 
+    for subset in args.subset:
+        subset_url(subset)  # every name checked before the first download: unknown ones list the valid names
     for subset in args.subset:
         target = download_subset(subset, args.root, progress=not args.quiet, keep_archive=not args.delete_archive)
         print(f"{subset}: ready in {target}")
@@ -55,16 +95,18 @@ def cmd_manifest(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """All sub-commands and their flags."""
     parser = argparse.ArgumentParser(prog="python -m ds2_helpers", description=__doc__)
+    parser.add_argument("--debug", action="store_true",
+                        help="show the Python traceback of a failure instead of one error line")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("minicorpus", help="synthesise the embedded mini corpus (LibriSpeech layout)")
     p.add_argument("--out", default=str(paths.mini_corpus_dir()))
-    p.add_argument("--speakers", type=int, default=32)
-    p.add_argument("--utterances-per-speaker", type=int, default=50)
+    p.add_argument("--speakers", type=at_least(1), default=32)
+    p.add_argument("--utterances-per-speaker", type=at_least(1), default=50)
     p.add_argument("--profile", choices=["mini", "librispeech"], default="mini",
                    help="mini: 2-3 s sentences; librispeech: utterances of 1-25 s like train-clean-100 "
                         "(test up to 35 s), sentences of one voice joined")
-    p.add_argument("--hours", type=float, default=1.0, help="hours of train audio for --profile librispeech")
+    p.add_argument("--hours", type=positive, default=1.0, help="hours of train audio for --profile librispeech")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_minicorpus)
@@ -100,13 +142,57 @@ def _add_model_commands(sub) -> None:
     cli_model.add_commands(sub)
 
 
+OS_ERROR_FIXES = {
+    errno.EACCES: "no permission: choose a folder you can write to (or ask its owner)",
+    errno.EPERM: "not permitted: choose a folder you can write to (or ask its owner)",
+    errno.ENOSPC: "the disk is full: free space or write to another disk",
+    errno.EDQUOT: "your disk quota is used up: free space or write to another disk",
+    errno.ENOTDIR: "a part of this path is a file, not a folder: choose another path",
+    errno.EISDIR: "this is a folder, a file is needed: give a file path",
+    errno.EROFS: "the file system is read-only: write somewhere else",
+    errno.ENOENT: "check the path (and that the earlier step that makes this file has run)",
+}
+
+
+def os_error_line(exc: OSError) -> str:
+    """One line for an operating-system error: the file, what happened, the fix."""
+    where = exc.filename if exc.filename is not None else "?"
+    fix = OS_ERROR_FIXES.get(exc.errno, exc.strerror or str(exc))
+    return f"{where}: {exc.strerror or exc}; {fix}" if exc.errno in OS_ERROR_FIXES else f"{where}: {fix}"
+
+
+def keep_dumps_out_of_cwd() -> None:
+    """MindSpore writes `rank_0/om/analyze_fail.ir` into the current folder when a graph fails to compile;
+    send them (MS_OM_PATH, read when it writes them) to runs/mindspore-dumps (DS2_RUNS moves runs/) instead,
+    unless the user chose a folder."""
+    import os
+
+    os.environ.setdefault("MS_OM_PATH", str(paths.runs_dir() / "mindspore-dumps"))
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Parse and run; errors that carry a fix are printed without a traceback."""
+    """Parse and run. Every failure is one `error:` line (exit 2) naming the file and the fix; `--debug` shows
+    the Python traceback instead."""
     args = build_parser().parse_args(argv)
+    keep_dumps_out_of_cwd()
     from ds2_helpers.errors import USER_ERRORS
 
     try:
         return args.func(args)
-    except USER_ERRORS as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("error: interrupted; checkpoints and results written so far are kept (train: --resume continues)",
+              file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the one place that turns every failure into one line
+        if args.debug:
+            raise
+        if isinstance(exc, USER_ERRORS) and not (isinstance(exc, OSError) and exc.errno):
+            line = str(exc)
+        elif isinstance(exc, OSError):
+            line = os_error_line(exc)
+        else:
+            first = next((l.strip() for l in str(exc).splitlines() if l.strip()), "")
+            line = (f"{type(exc).__name__}: {first[:300]} (unexpected: rerun with --debug for the traceback and "
+                    "report it)")
+        print(f"error: {line}", file=sys.stderr)
         return 2

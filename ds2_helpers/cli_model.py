@@ -6,12 +6,14 @@ import argparse
 import os
 from pathlib import Path
 
+from ds2_helpers.cli import at_least, non_negative, positive
 from ds2_helpers.config import ModelConfig
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train (or fine-tune) on a manifest; resumable; runs unchanged under msrun."""
-    from ds2_helpers.config import SpectConfig, model_preset, train_preset
+    from ds2_helpers import run_folder
+    from ds2_helpers.config import SpectConfig, model_preset, to_dict, train_preset
     from ds2_helpers.dataset import SpeechData
     from ds2_helpers.train import Trainer, write_run_config
 
@@ -30,26 +32,43 @@ def cmd_train(args: argparse.Namespace) -> int:
         ms.set_context(runtime_num_threads=args.threads)
     spect = SpectConfig(window=args.window, periodic_window=args.periodic_window)
     out = Path(args.out)
+    for path in run_folder.check_out(out, resume=args.resume, overwrite=args.overwrite):
+        print(f"--overwrite: removed {path}")
+    for path in run_folder.remove_stale_temps(out):
+        print(f"removed {path.name}, left by an interrupted checkpoint write")
     # No feature cache in RAM (train-clean-100's spectrograms are ~23 GB); --feature-cache keeps them on disk.
     data = SpeechData(args.manifest, spect, max_duration=args.max_duration, limit=args.limit,
                       cache=args.feature_cache or False)
     for msg in data.skipped:
         print(f"skipped: {msg}")
+    manifest = run_folder.manifest_fingerprint(args.manifest)
+    data_info = {"manifest_path": manifest["path"], "manifest_sha256": manifest["sha256"],
+                 "max_duration": args.max_duration, "limit": args.limit, "pad_multiple": args.pad_multiple}
     if args.preflight and int(os.environ.get("MS_WORKER_NUM", "1")) <= 1:
         _preflight(args, train_cfg, spect, data)
     trainer = Trainer(model_cfg, train_cfg, out, spect=spect, conv_impl=args.conv,
                       pretrained=None if args.resume and _has_checkpoint(out) else args.pretrained)
+    trainer.data_info = data_info
+    changes: list[str] = []
     if args.resume and trainer.resume():
         s = trainer.state
-        print(f"resuming at epoch {s.epoch + 1}, step {s.step_in_epoch} of that epoch (global step {s.global_step})")
-    write_run_config(out, model=model_cfg, train=train_cfg, spect=spect)
+        now = run_folder.identity(to_dict(model_cfg), to_dict(train_cfg), to_dict(spect), data_info)
+        changes = run_folder.check_resume(trainer.resumed_meta, now, trainer.resumed_from, allow=args.allow_changes)
+        for change in changes:
+            print(f"warning: resuming with a change (--allow-changes): {change}")
+        print(f"resuming at epoch {s.epoch + 1}, step {s.step_in_epoch} of that epoch (global step {s.global_step}) "
+              f"from {trainer.resumed_from.name}")
+    if trainer.rank == 0:
+        write_run_config(out, model=model_cfg, train=train_cfg, spect=spect, data=data_info,
+                         event="resume" if trainer.resumed_from else "start",
+                         resumed_from=str(trainer.resumed_from) if trainer.resumed_from else None, changes=changes)
     if trainer.rank == 0:
         batching = (f"batches of up to {train_cfg.batch_seconds:g} padded seconds (at most {train_cfg.batch_size})"
                     if train_cfg.batch_seconds else f"batch {train_cfg.batch_size}")
         print(f"training {args.preset} on {len(data)} utterances ({data.durations.sum() / 3600:.2f} h), "
               f"{batching}, {train_cfg.epochs} epoch(s), {train_cfg.mode} mode, "
               f"rank {trainer.rank}/{trainer.world} -> {out}", flush=True)
-    trainer.fit(data, max_steps=args.max_steps, pad_multiple=args.pad_multiple)
+    trainer.fit(data, max_steps=args.max_steps, pad_multiple=args.pad_multiple, checkpoint_at_stop=True)
     if trainer.world > 1:
         trainer.export_weights(out / f"final.rank{trainer.rank}.ckpt")
     if trainer.rank == 0:
@@ -122,37 +141,48 @@ def cmd_pretrained(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    """WER/CER of a checkpoint over a manifest; per-utterance CSV and JSON summary in --out."""
+    """WER/CER of a checkpoint over a manifest; per-utterance CSV (written batch by batch) and JSON summary in
+    --out. Bad audio files are reported and skipped (--strict: the first one fails the run)."""
     import json
 
+    from ds2_helpers.atomic import atomic_write_text
     from ds2_helpers.checkpoint import load_model
     from ds2_helpers.dataset import SpeechData
-    from ds2_helpers.evaluate import evaluate
+    from ds2_helpers.evaluate import evaluate, writable_folder
 
+    out = writable_folder(args.out) if args.out else None  # now, not after hours of decoding
     net, spect = load_model(args.checkpoint, args.preset)
     data = SpeechData(args.manifest, spect, limit=args.limit)
     results, summary = evaluate(net, data, batch_size=args.batch_size, progress=True, decoder=args.decoder,
-                                beam_width=args.beam_width, lm_path=args.lm, batch_seconds=args.batch_seconds)
+                                beam_width=args.beam_width, lm_path=args.lm, batch_seconds=args.batch_seconds,
+                                strict=args.strict, results_csv=out / "results.csv" if out else None)
     summary.update(checkpoint=str(args.checkpoint), manifest=str(args.manifest), decoder=args.decoder)
-    if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        results.to_csv(out / "results.csv", index=False)
-        (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    if out:
+        atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
+    if summary["skipped"]:
+        print(f"skipped {summary['skipped']} unusable audio file(s), each named above with the reason")
     print(f"WER {summary['wer']:.4f}  CER {summary['cer']:.4f}  (zoo-style CER {summary['cer_zoo']:.4f})  "
           f"{summary['utterances']} utterances, {summary['audio_seconds'] / 60:.1f} min audio, RTF {summary['rtf']:.3f}")
     return 0
 
 
 def cmd_transcribe(args: argparse.Namespace) -> int:
-    """Print a transcript per audio file (WAV, FLAC, ... at any sample rate)."""
+    """Print a transcript per audio file (WAV, FLAC, ... at any sample rate) as soon as it is decoded; a bad file
+    gets an `error:` line and the rest still run (exit status 2 at the end)."""
+    import sys
+
     from ds2_helpers.checkpoint import load_model
-    from ds2_helpers.evaluate import transcribe
+    from ds2_helpers.evaluate import transcribe_each
 
     net, spect = load_model(args.checkpoint, args.preset)
-    for path, text in zip(args.audio, transcribe(net, args.audio, spect, decoder=args.decoder)):
-        print(f"{path}\t{text}")
-    return 0
+    failed = 0
+    for path, text in transcribe_each(net, args.audio, spect, decoder=args.decoder):
+        if isinstance(text, Exception):
+            failed += 1
+            print(f"error: {text}", file=sys.stderr, flush=True)
+        else:
+            print(f"{path}\t{text}", flush=True)
+    return 2 if failed else 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -242,26 +272,31 @@ def add_commands(sub) -> None:
     p.add_argument("--preset", default="mini", choices=["paper", "mini"])
     p.add_argument("--manifest", required=True)
     p.add_argument("--pretrained", help="weights to start from (1.x checkpoints are converted on the fly)")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
+    p.add_argument("--epochs", type=at_least(1))
+    p.add_argument("--batch-size", type=at_least(1))
+    p.add_argument("--lr", type=positive)
     p.add_argument("--mode", choices=["graph", "pynative"])
     p.add_argument("--seed", type=int)
     p.add_argument("--out", required=True)
-    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
-    p.add_argument("--save-every", type=int)
-    p.add_argument("--keep-last", type=int)
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out (refused "
+                   "when the preset, spectrogram, batching, seed or manifest differ from the checkpoint's)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="--out holds an earlier run: delete its checkpoints and metrics and start again")
+    p.add_argument("--allow-changes", action="store_true",
+                   help="resume although settings differ from the checkpoint's (config.json records the changes)")
+    p.add_argument("--save-every", type=at_least(0))
+    p.add_argument("--keep-last", type=at_least(1))
     p.add_argument("--freeze-conv", action="store_true")
-    p.add_argument("--freeze-rnn-layers", type=int)
-    p.add_argument("--max-steps", type=int, help="stop after this many global steps (a short trial)")
-    p.add_argument("--threads", type=int, help="CPU threads of this process (default: MindSpore's choice)")
+    p.add_argument("--freeze-rnn-layers", type=at_least(0))
+    p.add_argument("--max-steps", type=at_least(1), help="stop after this many global steps (a short trial)")
+    p.add_argument("--threads", type=at_least(1), help="CPU threads of this process (default: MindSpore's choice)")
     p.add_argument("--conv", choices=["native", "matmul"], default=DEFAULT_CONV,
                    help="convolution as MindSpore Conv2d (steady; the default, ModelConfig.conv) or our matrix "
                         "products (slower and slower in long runs: notebook 07)")
-    p.add_argument("--max-duration", type=float, help="skip utterances longer than this (seconds)")
-    p.add_argument("--limit", type=int, help="use only the first N utterances of the manifest")
-    p.add_argument("--pad-multiple", type=int, default=64, help="round padded frames up to a multiple of this")
-    p.add_argument("--batch-seconds", type=float,
+    p.add_argument("--max-duration", type=positive, help="skip utterances longer than this (seconds)")
+    p.add_argument("--limit", type=at_least(1), help="use only the first N utterances of the manifest")
+    p.add_argument("--pad-multiple", type=at_least(1), default=64, help="round padded frames up to a multiple of this")
+    p.add_argument("--batch-seconds", type=positive,
                    help="padded audio seconds per batch (the batch size then varies with length, --batch-size is "
                         "an upper bound); `plan` measures what fits")
     p.add_argument("--feature-cache", metavar="DIR",
@@ -286,18 +321,18 @@ def add_commands(sub) -> None:
     p.add_argument("--out", default="runs/rehearsal")
     p.add_argument("--small", action="store_true", help="the mini preset on a few minutes of audio (make test)")
     p.add_argument("--preset", choices=["paper", "mini"])
-    p.add_argument("--hours", type=float, help="hours of synthetic train audio")
-    p.add_argument("--steps", type=int, help="training steps in all (the run is killed and resumed on the way)")
-    p.add_argument("--batch-seconds", type=float, help="instead of what `plan` finds")
+    p.add_argument("--hours", type=positive, help="hours of synthetic train audio")
+    p.add_argument("--steps", type=at_least(1), help="training steps in all (the run is killed and resumed on the way)")
+    p.add_argument("--batch-seconds", type=positive, help="instead of what `plan` finds")
     p.set_defaults(func=cmd_rehearse)
 
     p = sub.add_parser("plan", help="measure memory per padded audio second here and plan a training run")
     p.add_argument("--preset", default="paper", choices=["paper", "mini"])
     p.add_argument("--manifest", required=True)
-    p.add_argument("--memory-gb", type=float, help="plan for this much memory instead of what is available now")
-    p.add_argument("--batch-size", type=int, default=64, help="upper bound on utterances per batch")
-    p.add_argument("--batch-seconds", type=float, help="plan this batch size instead of the largest that fits")
-    p.add_argument("--probe-seconds", type=float, default=10.0, help="utterance length of the measured steps")
+    p.add_argument("--memory-gb", type=positive, help="plan for this much memory instead of what is available now")
+    p.add_argument("--batch-size", type=at_least(1), default=64, help="upper bound on utterances per batch")
+    p.add_argument("--batch-seconds", type=positive, help="plan this batch size instead of the largest that fits")
+    p.add_argument("--probe-seconds", type=positive, default=10.0, help="utterance length of the measured steps")
     p.add_argument("--conv", choices=["native", "matmul"], default=DEFAULT_CONV, help="as `train --conv`")
     p.add_argument("--out", help="also write the plan as JSON here")
     p.set_defaults(func=cmd_plan)
@@ -306,14 +341,16 @@ def add_commands(sub) -> None:
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--manifest", required=True)
     p.add_argument("--preset", choices=["paper", "mini"], help="only for checkpoints that do not record it")
-    p.add_argument("--batch-size", type=int, default=16, help="upper bound on utterances per batch")
-    p.add_argument("--batch-seconds", type=float, default=160.0,
+    p.add_argument("--batch-size", type=at_least(1), default=16, help="upper bound on utterances per batch")
+    p.add_argument("--batch-seconds", type=non_negative, default=160.0,
                    help="padded audio seconds per batch (memory grows with it; 0 for fixed --batch-size batches)")
-    p.add_argument("--limit", type=int)
+    p.add_argument("--limit", type=at_least(1))
     p.add_argument("--decoder", choices=["greedy", "beam"], default="greedy")
-    p.add_argument("--beam-width", type=int, default=32)
+    p.add_argument("--beam-width", type=at_least(1), default=32)
     p.add_argument("--lm", help="KenLM/ARPA language model for beam search (needs the kenlm package)")
-    p.add_argument("--out")
+    p.add_argument("--out", help="folder for results.csv (appended batch by batch) and summary.json")
+    p.add_argument("--strict", action="store_true",
+                   help="fail on the first missing or unreadable audio file instead of skipping and reporting it")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("transcribe", help="transcribe audio files with a checkpoint")
@@ -327,7 +364,7 @@ def add_commands(sub) -> None:
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--preset", choices=["paper", "mini"])
     p.add_argument("--format", choices=["MINDIR", "ONNX"], default="MINDIR")
-    p.add_argument("--frames", type=int, default=3600,
+    p.add_argument("--frames", type=at_least(1), default=3600,
                    help="fixed input length in 10-ms frames (default 36 s: test-clean's longest is 35 s; inputs are "
                         "padded)")
     p.add_argument("--out", required=True)
@@ -348,9 +385,9 @@ def add_commands(sub) -> None:
     p = sub.add_parser("race", help="time to CER: mini model vs smaller models and less data (notebook 07)")
     p.add_argument("--train", required=True, help="training manifest (the mini corpus's train.csv)")
     p.add_argument("--eval", required=True, help="held-out manifest (the mini corpus's dev.csv)")
-    p.add_argument("--minutes", type=float, default=8.0, help="training time per contestant")
-    p.add_argument("--eval-every", type=float, default=60.0, help="seconds of training between CER points")
-    p.add_argument("--eval-limit", type=int, default=64, help="held-out utterances per CER point")
+    p.add_argument("--minutes", type=positive, default=8.0, help="training time per contestant")
+    p.add_argument("--eval-every", type=positive, default=60.0, help="seconds of training between CER points")
+    p.add_argument("--eval-limit", type=at_least(1), default=64, help="held-out utterances per CER point")
     p.add_argument("--targets", type=float, nargs="+", default=[0.6, 0.4, 0.2])
     p.add_argument("--mode", choices=["graph", "pynative"], default="graph")
     p.add_argument("--only", nargs="*")

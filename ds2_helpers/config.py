@@ -116,6 +116,19 @@ class TrainConfig:
             raise ParameterError(f"mode {self.mode!r}: use 'graph' or 'pynative'")
         if self.batch_size < 1:
             raise ParameterError(f"batch size {self.batch_size}: use 1 or more utterances per batch")
+        if self.epochs < 1:
+            raise ParameterError(f"epochs {self.epochs}: use 1 or more (0 would write an untrained checkpoint)")
+        if not self.learning_rate > 0:
+            raise ParameterError(f"learning rate {self.learning_rate}: use a positive rate (a negative one climbs "
+                                 "the loss instead of descending it)")
+        if not self.learning_anneal > 0 or not self.max_grad_norm > 0:
+            raise ParameterError(f"learning_anneal {self.learning_anneal} and max_grad_norm {self.max_grad_norm}: "
+                                 "both must be positive")
+        if self.save_every < 0 or self.keep_last < 1:
+            raise ParameterError(f"save_every {self.save_every} / keep_last {self.keep_last}: save every 0 (only at "
+                                 "the end of each epoch) or more steps, and keep at least 1 checkpoint")
+        if self.freeze_rnn_layers < 0:
+            raise ParameterError(f"freeze_rnn_layers {self.freeze_rnn_layers}: use 0 or more")
         if self.release_memory not in ("auto", "always", "never"):
             raise ParameterError(f"release_memory {self.release_memory!r}: use 'auto', 'always' or 'never'")
         if self.batch_seconds is not None and self.batch_seconds <= 0:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,10 +13,20 @@ import pandas as pd
 
 from ds2_helpers.config import SpectConfig
 from ds2_helpers.feature_cache import FeatureCache
-from ds2_helpers.features import load_audio, n_frames, spectrogram
+from ds2_helpers.features import AudioError, load_audio, n_frames, spectrogram
 from ds2_helpers.labels import BLANK_INDEX, encode
-from ds2_helpers.librispeech import read_manifest
+from ds2_helpers.librispeech import ManifestError, read_manifest
 from ds2_helpers.model import output_lengths
+
+DURATION_TOLERANCE = 0.1  # seconds the audio may differ from the manifest's duration (rounding, resampling)
+REBUILD = "rebuild the manifest with `python -m ds2_helpers manifest --root ... --subset ... --out ...`"
+
+
+def ctc_min_frames(labels) -> int:
+    """Fewest output frames CTC can align `labels` to: one per label, plus a blank between two equal neighbours
+    ("AA BB" needs 5 + 2 = 7, not 5)."""
+    labels = list(labels)
+    return len(labels) + sum(a == b for a, b in zip(labels, labels[1:]))
 
 
 @dataclass
@@ -38,12 +49,17 @@ class SpeechData:
     """A manifest's utterances with their labels; features computed on demand and optionally cached.
 
     `cache`: True keeps every spectrogram in RAM after its first use (fine for the mini corpus: ~0.2 GB; not for
-    train-clean-100: ~23 GB), False computes them every time, a folder keeps them on disk (FeatureCache)."""
+    train-clean-100: ~23 GB), False computes them every time, a folder keeps them on disk (FeatureCache).
+
+    Utterances CTC cannot align (too many characters for their frames) are left out and listed in `skipped`; if
+    that leaves none, a ManifestError says why (`allow_empty=True` returns the empty dataset instead)."""
 
     def __init__(self, manifest: str | Path | pd.DataFrame, spect: SpectConfig = SpectConfig(), *,
-                 cache: bool | str | Path = True, max_duration: float | None = None, limit: int | None = None
-                 ) -> None:
+                 cache: bool | str | Path = True, max_duration: float | None = None, limit: int | None = None,
+                 allow_empty: bool = False) -> None:
         frame = manifest if isinstance(manifest, pd.DataFrame) else read_manifest(manifest)
+        name = "the manifest" if isinstance(manifest, pd.DataFrame) else str(manifest)
+        longer = frame[frame.duration > max_duration] if max_duration else frame.iloc[:0]
         if max_duration:
             frame = frame[frame.duration <= max_duration]
         if limit:
@@ -56,11 +72,21 @@ class SpeechData:
         keep = []
         for i, row in enumerate(frame.itertuples(index=False)):
             frames = n_frames(int(round(row.duration * spect.sample_rate)), spect)
-            if len(encode(row.transcript)) > int(output_lengths(frames)):
-                self.skipped.append(f"{row.audio_path}: {len(row.transcript)} characters do not fit in "
-                                    f"{int(output_lengths(frames))} output frames (CTC needs one per character)")
+            labels = encode(row.transcript)
+            need, have = ctc_min_frames(labels), int(output_lengths(frames))
+            if need > have:
+                self.skipped.append(f"{row.audio_path}: {len(labels)} characters need {need} output frames but "
+                                    f"{row.duration:g} s give {have} (CTC needs one per character plus a blank "
+                                    f"between repeated letters)")
                 continue
             keep.append(i)
+        if not keep and not allow_empty:  # an empty dataset would "train" and save an untrained checkpoint
+            why = [f"{len(longer)} longer than max_duration {max_duration:g} s"] if len(longer) else []
+            if self.skipped:
+                why.append(f"{len(self.skipped)} with more characters than CTC can fit, e.g. "
+                           + "; ".join(self.skipped[:3]))
+            raise ManifestError(f"{name}: no usable utterances ({'; '.join(why) or 'no rows'}); "
+                                "raise max_duration or use a manifest of longer utterances")
         self.frame = frame.iloc[keep].reset_index(drop=True)
         self.labels = [np.asarray(encode(t), dtype=np.int32) for t in self.frame.transcript]
 
@@ -73,20 +99,29 @@ class SpeechData:
         return self.frame.duration.to_numpy()
 
     def features(self, i: int) -> np.ndarray:
-        """Spectrogram [bins, frames] of utterance i (cached after the first call when `cache`)."""
+        """Spectrogram [bins, frames] of utterance i (cached after the first call when `cache`); AudioError for a
+        missing or unreadable file, ManifestError when its length is not the manifest's duration."""
         if i in self._features:
             return self._features[i]
         path = self.frame.audio_path[i]
+        if not os.path.exists(path):
+            raise AudioError(f"{path}: no such audio file; restore it or {REBUILD}")
         compute = lambda: spectrogram(load_audio(path, self.spect.sample_rate), self.spect)  # noqa: E731
         feats = self.disk.get(path, compute) if self.disk else compute()
+        recorded = float(self.frame.duration[i])
+        actual = (feats.shape[1] - 1) * self.spect.hop_length / self.spect.sample_rate  # to within one hop
+        if abs(actual - recorded) > DURATION_TOLERANCE:  # e.g. audio cut after the manifest was built
+            raise ManifestError(f"{path}: the audio lasts {actual:.2f} s but the manifest records {recorded:.2f} s "
+                                f"(the file changed after the manifest was built); {REBUILD}")
         if self.cache:
             self._features[i] = feats
         return feats
 
     def batch(self, indices: list[int], *, pad_multiple: int = 1, fixed_frames: int | None = None,
-              label_multiple: int = 1) -> Batch:
-        """Pad a list of utterances into one Batch (frames rounded up to `pad_multiple`, or exactly `fixed_frames`)."""
-        feats = [self.features(i) for i in indices]
+              label_multiple: int = 1, feats: list[np.ndarray] | None = None) -> Batch:
+        """Pad a list of utterances into one Batch (frames rounded up to `pad_multiple`, or exactly `fixed_frames`);
+        `feats`: their spectrograms when already computed."""
+        feats = feats if feats is not None else [self.features(i) for i in indices]
         lengths = np.array([f.shape[1] for f in feats], dtype=np.int32)
         if fixed_frames:  # the model zoo's scheme: pad or crop everything to one length
             frames = fixed_frames

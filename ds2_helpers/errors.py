@@ -6,6 +6,7 @@ from ds2_helpers.espeak import SynthesisError
 from ds2_helpers.features import AudioError
 from ds2_helpers.labels import LabelError
 from ds2_helpers.librispeech import ManifestError
+from ds2_helpers.run_folder import RunFolderError
 
 
 
@@ -23,4 +24,4 @@ class ExportError(RuntimeError):
 
 USER_ERRORS: tuple[type[Exception], ...] = (ParameterError, DownloadError, SynthesisError, AudioError, LabelError,
                                             ManifestError, CheckpointError, DecoderError, ExportError,
-                                            FileNotFoundError)
+                                            RunFolderError, FileNotFoundError)

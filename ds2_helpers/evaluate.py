@@ -2,16 +2,64 @@
 
 from __future__ import annotations
 
+import os
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import mindspore as ms
 import numpy as np
 import pandas as pd
 
 from ds2_helpers import metrics
+from ds2_helpers.config import ParameterError
 from ds2_helpers.dataset import SpeechData, make_batches
 from ds2_helpers.decode import beam_decode, beam_decoder, greedy_decode
+from ds2_helpers.features import AudioError
+from ds2_helpers.librispeech import ManifestError
 from ds2_helpers.model import DeepSpeech2
+
+RESULT_COLUMNS = ["utterance_id", "speaker", "duration", "reference", "hypothesis", "cer", "wer"]
+
+
+def decode_batches(net: DeepSpeech2, data: SpeechData, batch_size: int = 16, progress: bool = False, *,
+                   decoder: str = "greedy", beam_width: int = 32, lm_path: str | None = None, pad_multiple: int = 1,
+                   batch_seconds: float | None = None, strict: bool = True):
+    """Yield (rows, skipped) per batch: a result row per decoded utterance and a message naming each file that
+    could not be used (missing, unreadable, not the manifest's length). Its batch still decodes the others;
+    `strict` raises the first such error instead. Batches as in `predict`."""
+    from tqdm.auto import tqdm
+
+    net.set_train(False)
+    beam = beam_decoder(lm_path) if decoder == "beam" else None
+    batches = make_batches(data.durations, batch_size, batch_seconds=batch_seconds or None, order="sorted")
+    for idx in tqdm(batches, desc="decoding", disable=not progress):
+        good, feats, skipped = [], [], []
+        for i in idx:
+            try:
+                feats.append(data.features(i))
+                good.append(i)
+            except (AudioError, ManifestError) as exc:
+                if strict:
+                    raise
+                skipped.append(_naming(data.frame.audio_path[i], exc))
+        rows = []
+        if good:
+            batch = data.batch(good, pad_multiple=pad_multiple, feats=feats)
+            logits, out_len = net(ms.Tensor(batch.x), ms.Tensor(batch.x_len))
+            texts = (beam_decode(logits.asnumpy(), out_len.asnumpy(), decoder=beam, beam_width=beam_width) if beam
+                     else greedy_decode(logits.asnumpy(), out_len.asnumpy()))
+            for k, text in zip(good, texts):
+                rows.append({"utterance_id": data.frame.utterance_id[k], "speaker": data.frame.speaker[k],
+                             "duration": float(data.frame.duration[k]), "reference": data.frame.transcript[k],
+                             "hypothesis": text})
+        yield rows, skipped
+
+
+def _naming(path, exc: Exception) -> str:
+    """The error's message, starting with the file it is about."""
+    return str(exc) if str(exc).startswith(str(path)) else f"{path}: {exc}"
 
 
 def predict(net: DeepSpeech2, data: SpeechData, batch_size: int = 16, progress: bool = False, *,
@@ -20,21 +68,10 @@ def predict(net: DeepSpeech2, data: SpeechData, batch_size: int = 16, progress: 
     """Transcripts for every utterance of `data` (inference mode, length-sorted batches, greedy or beam;
     `pad_multiple` > 1 gives fewer shapes, so fewer graph compilations; `batch_seconds` sizes batches by
     padded audio, so test-clean's 35-second utterances come in small batches and short ones in large)."""
-    from tqdm.auto import tqdm
-
-    net.set_train(False)
-    beam = beam_decoder(lm_path) if decoder == "beam" else None
     rows = []
-    batches = make_batches(data.durations, batch_size, batch_seconds=batch_seconds or None, order="sorted")
-    for idx in tqdm(batches, desc="decoding", disable=not progress):
-        batch = data.batch(idx, pad_multiple=pad_multiple)
-        logits, out_len = net(ms.Tensor(batch.x), ms.Tensor(batch.x_len))
-        texts = (beam_decode(logits.asnumpy(), out_len.asnumpy(), decoder=beam, beam_width=beam_width) if beam
-                 else greedy_decode(logits.asnumpy(), out_len.asnumpy()))
-        for k, text in zip(idx, texts):
-            rows.append({"utterance_id": data.frame.utterance_id[k], "speaker": data.frame.speaker[k],
-                         "duration": float(data.frame.duration[k]), "reference": data.frame.transcript[k],
-                         "hypothesis": text})
+    for batch_rows, _ in decode_batches(net, data, batch_size, progress, decoder=decoder, beam_width=beam_width,
+                                        lm_path=lm_path, pad_multiple=pad_multiple, batch_seconds=batch_seconds):
+        rows += batch_rows
     return pd.DataFrame(rows)
 
 
@@ -45,20 +82,64 @@ def score(results: pd.DataFrame) -> dict[str, float]:
             "utterances": int(len(results)), "audio_seconds": float(results.duration.sum())}
 
 
-def evaluate(net: DeepSpeech2, data: SpeechData, batch_size: int = 16, progress: bool = False, **decoding
-             ) -> tuple[pd.DataFrame, dict[str, float]]:
-    """Transcribe and score; the summary carries the real-time factor of the whole pass."""
-    t0 = time.perf_counter()
-    results = predict(net, data, batch_size, progress, **decoding)
-    elapsed = time.perf_counter() - t0
-    summary = score(results)
-    summary["seconds"] = elapsed
-    summary["rtf"] = elapsed / max(summary["audio_seconds"], 1e-9)
+def evaluate(net: DeepSpeech2, data: SpeechData, batch_size: int = 16, progress: bool = False, *,
+             strict: bool = False, results_csv: str | Path | None = None, on_skip=None, **decoding
+             ) -> tuple[pd.DataFrame, dict]:
+    """Transcribe and score; the summary carries the real-time factor of the whole pass.
+
+    A file that cannot be used is skipped: reported to `on_skip(message)` (default: a `skipped: ...` line on
+    stderr) and listed in summary["skipped_files"] (summary["skipped"] counts them); `strict` raises instead.
+    `results_csv` receives each batch's rows as soon as they are decoded, so an interrupted pass keeps them."""
     import jiwer
 
-    results["cer"] = [jiwer.cer(r, h) for r, h in zip(results.reference, results.hypothesis)]
-    results["wer"] = [jiwer.wer(r, h) for r, h in zip(results.reference, results.hypothesis)]
+    report = on_skip or (lambda msg: print(f"skipped: {msg}", file=sys.stderr, flush=True))
+    t0 = time.perf_counter()
+    rows, skipped = [], []
+    sink = open(results_csv, "w", newline="", encoding="utf-8") if results_csv else None  # noqa: SIM115
+    try:
+        for batch_rows, batch_skipped in decode_batches(net, data, batch_size, progress, strict=strict, **decoding):
+            for row in batch_rows:
+                row.update(cer=jiwer.cer(row["reference"], row["hypothesis"]),
+                           wer=jiwer.wer(row["reference"], row["hypothesis"]))
+            for msg in batch_skipped:
+                report(msg)
+            rows += batch_rows
+            skipped += batch_skipped
+            if sink:
+                pd.DataFrame(batch_rows, columns=RESULT_COLUMNS).to_csv(sink, header=sink.tell() == 0, index=False)
+                sink.flush()
+    finally:
+        if sink:
+            sink.close()
+    elapsed = time.perf_counter() - t0
+    if not rows:
+        raise AudioError(f"none of the {len(data)} utterances could be used ({len(skipped)} skipped), e.g. "
+                         + "; ".join(skipped[:3]))
+    results = pd.DataFrame(rows, columns=RESULT_COLUMNS)
+    summary = score(results)
+    summary.update(seconds=elapsed, rtf=elapsed / max(summary["audio_seconds"], 1e-9), skipped=len(skipped),
+                   skipped_files=skipped)
     return results, summary
+
+
+def writable_folder(folder: str | Path, files: tuple[str, ...] = ("results.csv", "summary.json")) -> Path:
+    """`folder`, created if needed, after a probe file showed it takes `files`: checked before hours of
+    decoding depend on it. ParameterError naming the folder otherwise."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-probe-")
+        os.close(fd)
+        os.unlink(probe)
+        for name in files:
+            if (folder / name).is_dir() or ((folder / name).exists() and not os.access(folder / name, os.W_OK)):
+                raise PermissionError(f"{folder / name} cannot be overwritten")
+    except OSError as exc:
+        blocker = next((p for p in (folder, *folder.parents) if p.is_file()), None)
+        reason = f"{blocker} is a file, not a folder" if blocker else exc.strerror or str(exc)
+        raise ParameterError(f"{folder}: cannot write results there ({reason}); choose a folder you can "
+                             "write to") from exc
+    return folder
 
 
 def worst(results: pd.DataFrame, n: int = 5, by: str = "cer") -> pd.DataFrame:
@@ -71,18 +152,32 @@ def worst(results: pd.DataFrame, n: int = 5, by: str = "cer") -> pd.DataFrame:
     return rows[["utterance_id", "speaker", "duration", by, "reference", "hypothesis", "alignment"]]
 
 
-def transcribe(net: DeepSpeech2, paths: list, spect=None, *, decoder: str = "greedy") -> list[str]:
-    """Transcripts of audio files (any soundfile format and rate; resampled to 16 kHz)."""
+def transcribe_each(net: DeepSpeech2, paths: list, spect=None, *, decoder: str = "greedy"):
+    """Yield (path, transcript) per audio file as soon as it is decoded, or (path, AudioError) for a file that
+    cannot be read, then go on with the next one."""
     from ds2_helpers.config import SpectConfig
     from ds2_helpers.features import load_audio, spectrogram
 
     spect = spect or SpectConfig()
     beam = beam_decoder() if decoder == "beam" else None
     net.set_train(False)
-    texts = []
     for path in paths:
-        feats = spectrogram(load_audio(path, spect.sample_rate, min_seconds=0.1), spect)
+        try:
+            feats = spectrogram(load_audio(path, spect.sample_rate, min_seconds=0.1), spect)
+        except AudioError as exc:
+            yield path, exc
+            continue
         logits, out_len = net(ms.Tensor(feats[None, None]), ms.Tensor(np.array([feats.shape[1]], np.int32)))
         logits, out_len = logits.asnumpy(), out_len.asnumpy()
-        texts += beam_decode(logits, out_len, decoder=beam) if beam else greedy_decode(logits, out_len)
+        yield path, (beam_decode(logits, out_len, decoder=beam) if beam else greedy_decode(logits, out_len))[0]
+
+
+def transcribe(net: DeepSpeech2, paths: list, spect=None, *, decoder: str = "greedy") -> list[str]:
+    """Transcripts of audio files (any soundfile format and rate; resampled to 16 kHz); a bad file raises its
+    AudioError."""
+    texts = []
+    for _, text in transcribe_each(net, paths, spect, decoder=decoder):
+        if isinstance(text, Exception):
+            raise text
+        texts.append(text)
     return texts

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -15,9 +16,18 @@ class AudioError(ValueError):
     """Audio that cannot be used, with the file named."""
 
 
+class LowSampleRateWarning(UserWarning):
+    """Audio recorded below the model's rate: upsampling adds no high frequencies, so expect more errors."""
+
+
 def load_audio(path: str | Path, sample_rate: int = 16000, *, min_seconds: float = 0.05) -> np.ndarray:
-    """Read any soundfile-readable audio as mono float32 at `sample_rate`, resampling if needed."""
+    """Read any soundfile-readable audio as mono float32 at `sample_rate`, resampling if needed.
+
+    Audio below `sample_rate` (8 kHz telephone audio) is upsampled with a LowSampleRateWarning naming the file."""
     path = Path(path)
+    if not path.is_file():
+        raise AudioError(f"{path}: no such audio file; rebuild the manifest with `python -m ds2_helpers manifest` "
+                         "or re-extract the archive")
     try:
         audio, sr = sf.read(str(path), dtype="float32", always_2d=True)
     except Exception as exc:  # soundfile raises its own LibsndfileError / RuntimeError
@@ -25,6 +35,10 @@ def load_audio(path: str | Path, sample_rate: int = 16000, *, min_seconds: float
     audio = audio.mean(axis=1)
     if audio.size == 0:
         raise AudioError(f"{path}: the file holds no samples; record or export it again")
+    if sr < sample_rate:
+        warnings.warn(f"{path}: recorded at {sr} Hz, upsampled to {sample_rate} Hz; the model was trained on "
+                      f"{sample_rate / 1000:g} kHz audio, so expect a worse transcript", LowSampleRateWarning,
+                      stacklevel=2)
     if sr != sample_rate:
         import librosa
 

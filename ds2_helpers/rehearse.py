@@ -95,7 +95,7 @@ def rehearse(out: str | Path, cfg: RehearsalConfig = RehearsalConfig(), *, progr
     batch_seconds = cfg.batch_seconds or max(plan["batch_seconds"], 1)
     train = ["train", "--preset", cfg.preset, "--manifest", str(train_csv), "--out", str(run), "--batch-seconds",
              str(batch_seconds), "--save-every", str(cfg.save_every), "--max-steps", str(cfg.steps), "--conv", cfg.conv]
-    first = step("train (killed)", train, kill_when=lambda: any(run.glob("ds2-step*.ckpt")))
+    first = step("train (killed)", train + ["--overwrite"], kill_when=lambda: any(run.glob("ds2-step*.ckpt")))
     killed_at = _checkpoint_steps(run)
     second = step("train --resume", train + ["--resume", "--no-preflight"])
     resumed = re.search(r"global step (\d+)", Path(second["log"]).read_text())

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -169,6 +168,10 @@ class Trainer:
             self.step_cell.set_inputs(*dynamic_inputs(model_cfg.n_bins))
         self.state = TrainState()
         self.rss_gb, self.released, self._rss_floor = 0.0, False, None
+        self.data_info: dict = {}  # the manifest and batching of the run (cmd_train); checkpoints record it
+        self.resumed_from: Path | None = None
+        self.resumed_meta: dict = {}
+        self._saved_step: int | None = None
 
     @staticmethod
     def _with_amp(net: DeepSpeech2, amp: str | None) -> nn.Cell:
@@ -201,20 +204,40 @@ class Trainer:
         """Atomic checkpoint with weights, Adam state and TrainState; prunes to the last k."""
         path = Path(path) if path else self.out / f"ds2-step{self.state.global_step:07d}.ckpt"
         meta = {"state": {k: v for k, v in self.state.__dict__.items() if k != "history"},
-                "model": to_dict(self.model_cfg), "train": to_dict(self.cfg), "spect": to_dict(self.spect)}
+                "model": to_dict(self.model_cfg), "train": to_dict(self.cfg), "spect": to_dict(self.spect),
+                "data": self.data_info}
         ckpt.save(path, self._params(), meta)
+        self._saved_step = self.state.global_step
         if path.parent == self.out:
             ckpt.prune(self.out, self.cfg.keep_last)
         return path
 
+    def _newest_readable(self) -> tuple[Path, dict, dict] | None:
+        """The newest checkpoint in `out` that reads; an unreadable one (a kill or a full disk mid-write on a
+        filesystem without atomic rename, a damaged disk) is renamed `*.corrupt` and the previous one used."""
+        import sys
+
+        for path in reversed(ckpt.checkpoints_in(self.out)):
+            try:
+                arrays, meta = ckpt.read(path)
+            except ckpt.CheckpointError as exc:
+                kept = path.with_name(path.name + ".corrupt")
+                path.rename(kept)
+                print(f"warning: {path} cannot be read ({str(exc).split(';')[0].split(': ', 1)[-1]}); kept as "
+                      f"{kept.name}, resuming from the checkpoint before it", file=sys.stderr, flush=True)
+                continue
+            return path, arrays, meta
+        return None
+
     def resume(self, path: str | Path | None = None) -> bool:
         """Restore weights, optimizer moments and position from `path` or the newest checkpoint in `out`."""
         if path is None:
-            found = ckpt.checkpoints_in(self.out)
-            if not found:
+            found = self._newest_readable()
+            if found is None:
                 return False
-            path = found[-1]
-        arrays, meta = ckpt.read(path)
+            path, arrays, meta = found
+        else:
+            arrays, meta = ckpt.read(path)
         if "state" not in meta:
             raise ckpt.CheckpointError(f"{path}: has no training state to resume from; use --pretrained for "
                                        "weights-only checkpoints")
@@ -229,6 +252,7 @@ class Trainer:
                                            f"{tuple(p['data'].shape)}")
             p["data"].set_data(ms.Tensor(arrays[name]))
         self.state = TrainState(**meta["state"])
+        self.resumed_from, self.resumed_meta, self._saved_step = Path(path), meta, self.state.global_step
         return True
 
     # ---- training ----------------------------------------------------------------------------
@@ -254,10 +278,12 @@ class Trainer:
 
     def fit(self, data: SpeechData, *, epochs: int | None = None, max_steps: int | None = None,
             pad_multiple: int = 64, label_multiple: int = 32, fixed_frames: int | None = None,
-            callback=None, progress: bool = True) -> TrainState:
-        """Train until `epochs` are done or `max_steps` global steps; checkpoints every `save_every` steps."""
+            callback=None, progress: bool = True, checkpoint_at_stop: bool = False) -> TrainState:
+        """Train until `epochs` are done or `max_steps` global steps; checkpoints every `save_every` steps and
+        after each epoch; `checkpoint_at_stop`: also where `max_steps` stops it (so a resume starts there)."""
         epochs = epochs or self.cfg.epochs
-        with MetricsLog(self.out / ("metrics.csv" if self.world == 1 else f"metrics.rank{self.rank}.csv")) as log:
+        log_path = self.out / ("metrics.csv" if self.world == 1 else f"metrics.rank{self.rank}.csv")
+        with MetricsLog(log_path, until_step=self.state.global_step) as log:
             while self.state.epoch < epochs:
                 epoch = self.state.epoch
                 lr = annealed_lr(self.cfg, epoch)
@@ -269,6 +295,8 @@ class Trainer:
                     if max_steps is not None and self.state.global_step >= max_steps:
                         shown.close()
                         self.sync_batchnorm_stats()
+                        if checkpoint_at_stop and self.rank == 0 and self._saved_step != self.state.global_step:
+                            self.save()
                         return self.state
                     batch = data.batch(batches[k], pad_multiple=pad_multiple, label_multiple=label_multiple,
                                        fixed_frames=fixed_frames)
@@ -312,5 +340,8 @@ def epoch_batches(cfg: TrainConfig, spect: SpectConfig, data: SpeechData, epoch:
 
 
 def write_run_config(out: Path, **configs) -> None:
-    """config.json next to the checkpoints: how this run was made."""
-    (out / "config.json").write_text(json.dumps({k: to_dict(v) for k, v in configs.items()}, indent=2))
+    """config.json next to the checkpoints: how this run was made (earlier starts and resumes kept in it)."""
+    from ds2_helpers.run_folder import write_config
+
+    write_config(out, {k: (v if isinstance(v, (dict, list, str, type(None))) else to_dict(v))
+                       for k, v in configs.items()})

@@ -25,15 +25,34 @@ def metrics_row(*, step: int, epoch: int, loss: float, lr: float, batch, step_se
 
 
 class MetricsLog:
-    """metrics.csv, appended row by row and flushed (a resumed run continues the same file)."""
+    """metrics.csv, appended row by row and flushed (a resumed run continues the same file).
 
-    def __init__(self, path: str | Path) -> None:
+    `until_step`: the global step training starts from; rows after it (steps a killed run did after its last
+    checkpoint, which the resumed run does again) are dropped, so each step appears once."""
+
+    def __init__(self, path: str | Path, until_step: int | None = None) -> None:
         self.path = Path(path)
+        if until_step is not None and self.path.exists():
+            self._drop_after(until_step)
         new = not self.path.exists()
         self._fh = open(self.path, "a", newline="")
         self._writer = csv.DictWriter(self._fh, fieldnames=METRIC_FIELDS)
         if new:
             self._writer.writeheader()
+
+    def _drop_after(self, step: int) -> None:
+        from ds2_helpers.atomic import atomic_write
+
+        with open(self.path, newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        kept = [r for r in rows if r.get("step", "").isdigit() and int(r["step"]) <= step]
+        if len(kept) < len(rows):
+            def write(fh):
+                writer = csv.DictWriter(fh, fieldnames=METRIC_FIELDS, extrasaction="ignore")
+                writer.writeheader()
+                writer.writerows(kept)
+
+            atomic_write(self.path, write)
 
     def write(self, row: dict) -> None:
         self._writer.writerow(row)

@@ -3,7 +3,7 @@ import pytest
 import scipy.signal
 
 from ds2_helpers.config import ParameterError, SpectConfig, to_dict
-from ds2_helpers.features import AudioError, load_audio, n_frames, spectrogram
+from ds2_helpers.features import AudioError, LowSampleRateWarning, load_audio, n_frames, spectrogram
 
 N_FFT, HOP = 320, 160
 LENGTHS = [16037, 12345, 16001]  # not multiples of the hop: there librosa >= 0.10 and 0.8 agree (see below)
@@ -122,7 +122,8 @@ def test_load_audio_resamples_and_reports_bad_files(tmp_path):
 
     t = np.arange(8000) / 8000
     sf.write(tmp_path / "a.wav", (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), 8000)
-    audio = load_audio(tmp_path / "a.wav", 16000)
+    with pytest.warns(LowSampleRateWarning):
+        audio = load_audio(tmp_path / "a.wav", 16000)
     assert audio.dtype == np.float32 and abs(len(audio) - 16000) <= 1
     (tmp_path / "bad.flac").write_bytes(b"not audio at all")
     with pytest.raises(AudioError, match="bad.flac"):
@@ -130,3 +131,34 @@ def test_load_audio_resamples_and_reports_bad_files(tmp_path):
     sf.write(tmp_path / "short.wav", np.zeros(100, np.float32), 16000)
     with pytest.raises(AudioError, match="too short"):
         load_audio(tmp_path / "short.wav")
+
+
+def test_load_audio_says_a_missing_file_does_not_exist(tmp_path):
+    with pytest.raises(AudioError, match=r"gone\.flac: no such audio file; rebuild the manifest") as info:
+        load_audio(tmp_path / "gone.flac")
+    assert "unreadable" not in str(info.value)
+
+
+@pytest.mark.parametrize("rate", [8000, 11025])
+def test_audio_below_16k_warns_with_the_file_and_rate(tmp_path, rate):
+    import soundfile as sf
+
+    sf.write(tmp_path / "phone.wav", speechlike(rate), rate)
+    with pytest.warns(LowSampleRateWarning) as caught:
+        audio = load_audio(tmp_path / "phone.wav")
+    assert abs(len(audio) - 16000) <= 1
+    message = str(caught[0].message)
+    assert "phone.wav" in message and f"{rate} Hz" in message and "trained on 16 kHz" in message
+    assert issubclass(LowSampleRateWarning, UserWarning)
+
+
+@pytest.mark.parametrize("rate", [16000, 22050, 44100])
+def test_audio_at_or_above_16k_does_not_warn(tmp_path, rate):
+    import warnings
+
+    import soundfile as sf
+
+    sf.write(tmp_path / "good.wav", speechlike(rate), rate)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LowSampleRateWarning)
+        assert abs(len(load_audio(tmp_path / "good.wav")) - 16000) <= 1

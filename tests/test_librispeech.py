@@ -1,7 +1,9 @@
 import hashlib
 import http.server
 import io
+import os
 import shutil
+import stat
 import tarfile
 import threading
 from functools import partial
@@ -160,3 +162,144 @@ def test_pretrained_checkpoint_download_checks_its_size(server, tmp_path):
         checkpoint.download_pretrained(tmp_path / "other.ckpt", url=f"{url}/DeepSpeech.ckpt", expected_size=6000,
                                        progress=False)
     assert (tmp_path / "other.ckpt.part").exists()  # kept, so the next run resumes
+
+
+def one_chapter(root: Path, lines: list[str], audio: list[str]) -> Path:
+    """root/dev-clean/84/121123 with these .trans.txt lines and one second of audio per listed utterance id."""
+    chap = root / "dev-clean" / "84" / "121123"
+    chap.mkdir(parents=True)
+    for utt in audio:
+        sf.write(chap / f"{utt}.flac", np.zeros(16000, np.float32), 16000)
+    (chap / "84-121123.trans.txt").write_text("".join(f"{line}\n" for line in lines))
+    return chap
+
+
+def test_a_repeated_utterance_id_is_reported_not_silently_replaced(tmp_path, capsys):
+    from ds2_helpers import cli
+
+    one_chapter(tmp_path, ["84-121123-0000 HELLO WORLD", "84-121123-0001 SAME TWICE", "84-121123-0002 FIRST TEXT",
+                           "84-121123-0001 SAME TWICE", "84-121123-0002 OTHER TEXT"],
+                ["84-121123-0000", "84-121123-0001", "84-121123-0002"])
+    report = ls.build_manifest(tmp_path, "dev-clean", tmp_path / "m.csv")
+    assert [r["utterance_id"] for r in report.rows] == ["84-121123-0000"]  # neither copy is guessed at
+    assert len(report.problems) == 2
+    assert report.problems[1].endswith("84-121123.trans.txt:5: 84-121123-0002 is listed again "
+                                       f"(first at {tmp_path}/dev-clean/84/121123/84-121123.trans.txt:3); "
+                                       "delete one of the two lines")
+    assert cli.main(["manifest", "--root", str(tmp_path), "--subset", "dev-clean", "--out", str(tmp_path / "n.csv"),
+                     "--quiet"]) == 0
+    assert capsys.readouterr().err.count("skipped: ") == 2
+    assert cli.main(["manifest", "--root", str(tmp_path), "--subset", "dev-clean", "--out", str(tmp_path / "s.csv"),
+                     "--strict", "--quiet"]) == 2
+    assert "2 problem(s)" in capsys.readouterr().err and not (tmp_path / "s.csv").exists()
+
+
+def test_unknown_subset_lists_the_real_names_before_any_download(tmp_path, capsys, monkeypatch):
+    from ds2_helpers import cli
+
+    monkeypatch.setattr(ls, "download", lambda *a, **k: pytest.fail("no download for an unknown subset"))
+    assert cli.main(["librispeech", "download", "--subset", "dev-clean", "train", "--root", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: unknown subset 'train'; choose from train-clean-100, dev-clean, dev-other")
+    assert len(err.splitlines()) == 1 and list(tmp_path.iterdir()) == []
+
+
+def test_a_missing_folder_suggests_only_commands_that_exist(tmp_path):
+    """`manifest --subset train` (a mini corpus split) must not suggest `librispeech download --subset train`."""
+    with pytest.raises(ls.ManifestError) as info:
+        ls.build_manifest(tmp_path, "train", tmp_path / "x.csv")
+    message = str(info.value)
+    assert "librispeech download" not in message and "minicorpus --out" in message and "train-clean-100" in message
+
+
+@pytest.mark.parametrize("text", ["", ",".join(ls.MANIFEST_COLUMNS) + "\n"])
+def test_an_empty_manifest_names_the_file(tmp_path, text):
+    (tmp_path / "empty.csv").write_text(text)
+    with pytest.raises(ls.ManifestError, match=r"empty\.csv: .*python -m ds2_helpers manifest"):
+        ls.read_manifest(tmp_path / "empty.csv")
+
+
+def test_a_scan_that_skips_everything_says_what_it_skipped(tmp_path, capsys):
+    from ds2_helpers import cli
+
+    one_chapter(tmp_path, ["84-121123-0000 ROOM 101"], ["84-121123-0000", "84-121123-0001"])
+    out = tmp_path / "m.csv"
+    assert cli.main(["manifest", "--root", str(tmp_path), "--subset", "dev-clean", "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {tmp_path}/dev-clean: no usable utterances, all 2 problem(s) skipped")
+    assert "84-121123-0000.flac: transcript has characters" in err and "84-121123-0001.flac: no transcript" in err
+    assert "Traceback" not in err and not out.exists()
+    (tmp_path / "empty" / "dev-clean" / "84").mkdir(parents=True)
+    with pytest.raises(ls.ManifestError, match="empty/dev-clean: no utterances found .* check --root and --subset"):
+        ls.build_manifest(tmp_path / "empty", "dev-clean", out)
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o002, 0o664)])
+def test_manifests_get_the_mode_the_umask_gives(tmp_path, umask, mode):
+    one_chapter(tmp_path, ["84-121123-0000 HELLO"], ["84-121123-0000"])
+    old = os.umask(umask)
+    try:
+        ls.build_manifest(tmp_path, "dev-clean", tmp_path / "m.csv")
+        ls.write_zoo_manifest(ls.read_manifest(tmp_path / "m.csv"), tmp_path / "zoo.csv")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "m.csv").stat().st_mode) == mode
+    assert stat.S_IMODE((tmp_path / "zoo.csv").stat().st_mode) == mode
+
+
+def test_an_unwritable_output_is_one_clear_error(tmp_path, capsys, monkeypatch):
+    from ds2_helpers import cli
+
+    one_chapter(tmp_path, ["84-121123-0000 HELLO"], ["84-121123-0000"])
+    (tmp_path / "file.txt").write_text("keep me\n")
+    args = ["manifest", "--root", str(tmp_path), "--subset", "dev-clean", "--quiet", "--out"]
+    assert cli.main(args + [str(tmp_path / "file.txt" / "x.csv")]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"error: {tmp_path}/file.txt/x.csv: cannot be written, {tmp_path}/file.txt is a file and not a "
+                   "folder; choose another path\n")
+    assert (tmp_path / "file.txt").read_text() == "keep me\n"
+    assert cli.main(args + [str(tmp_path)]) == 2
+    assert "is a folder; give a file name for the manifest" in capsys.readouterr().err
+
+    def denied(path, text):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(ls, "atomic_write_text", denied)  # as a read-only folder would (tests may run as root)
+    assert cli.main(args + [str(tmp_path / "m.csv")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {tmp_path}/m.csv: cannot be written (Permission denied); check that folder's")
+    assert "Traceback" not in err
+
+
+def test_download_subset_marks_only_a_finished_extraction(server, tmp_path, monkeypatch):
+    root, url = server
+    monkeypatch.setattr(ls, "OPENSLR", url)
+
+    def publish(members: dict[str, bytes]) -> None:
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+            for name, data in members.items():
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                if name.endswith("/link"):
+                    info.type, info.linkname = tarfile.SYMTYPE, "/etc"
+                tar.addfile(info, io.BytesIO(data))
+        (root / "dev-clean.tar.gz").write_bytes(buf.getvalue())
+        (tmp_path / "data" / "dev-clean.tar.gz").unlink(missing_ok=True)
+        monkeypatch.setitem(ls.SUBSETS, "dev-clean", hashlib.md5(buf.getvalue()).hexdigest())
+
+    target = tmp_path / "data" / "LibriSpeech" / "dev-clean"
+    publish({"LibriSpeech/dev-clean/84/121123/a.txt": b"x", "LibriSpeech/dev-clean/84/link": b""})
+    with pytest.raises(dl.DownloadError, match="'LibriSpeech/dev-clean/84/link' is a symbolic link"):
+        ls.download_subset("dev-clean", tmp_path / "data", progress=False)
+    assert not (target / ".extracted").exists() and not (target / "84").exists()
+    with pytest.raises(ls.ManifestError, match="extraction did not finish; run .*librispeech download --subset "
+                                               f"dev-clean --root {tmp_path / 'data'}` again"):
+        ls.build_manifest(tmp_path / "data", "dev-clean", tmp_path / "m.csv")
+    publish({"LibriSpeech/dev-other/84/121123/a.txt": b"x"})
+    with pytest.raises(dl.DownloadError, match="holds no LibriSpeech/dev-clean/"):
+        ls.download_subset("dev-clean", tmp_path / "data", progress=False)
+    assert not (target / ".extracted").exists()
+    publish({"LibriSpeech/dev-clean/84/121123/a.txt": b"x"})
+    assert ls.download_subset("dev-clean", tmp_path / "data", progress=False) == target
+    assert sorted(p.name for p in target.iterdir()) == [".extracted", "84"]

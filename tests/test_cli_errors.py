@@ -1,0 +1,200 @@
+"""No lost work, one clear line for every bad input (issue 11): each case of the issue through the CLI, asserting
+the exit code, the message and that nothing written earlier was lost or overwritten."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from ds2_helpers import cli
+from ds2_helpers.paths import data_dir
+
+MINI = data_dir() / "mini_pretrained.ckpt"
+
+
+def run(capsys, *argv) -> tuple[int, str, str]:
+    """cli.main in this process (no MindSpore start-up per case); argparse's refusals exit through SystemExit."""
+    try:
+        code = cli.main([str(a) for a in argv])
+    except SystemExit as exc:
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    """Name -> SHA-256 of every file in a folder: what must survive a refused command unchanged."""
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def train_args(corpus: Path, out: Path, *extra) -> list:
+    return ["train", "--preset", "mini", "--manifest", corpus / "train.csv", "--limit", "8", "--batch-size", "4",
+            "--mode", "pynative", "--no-preflight", "--save-every", "0", "--out", out, *extra]
+
+
+@pytest.fixture(scope="module")
+def earlier_run(tiny_corpus, tmp_path_factory) -> Path:
+    """A run folder stopped by --max-steps after one step: its checkpoint must be resumable."""
+    out = tmp_path_factory.mktemp("earlier") / "run"
+    assert cli.main([str(a) for a in train_args(tiny_corpus, out, "--max-steps", "1")]) == 0
+    return out
+
+
+def test_max_steps_leaves_a_resumable_checkpoint(earlier_run):
+    from ds2_helpers.checkpoint import read
+
+    _, meta = read(earlier_run / "ds2-step0000001.ckpt")  # --save-every 0: written because --max-steps stopped
+    assert meta["state"]["global_step"] == 1 and meta["data"]["limit"] == 8
+    assert len(meta["data"]["manifest_sha256"]) == 64
+    assert json.loads((earlier_run / "config.json").read_text())["event"] == "start"
+
+
+REFUSED = [  # (case, extra train arguments, words the one error line must contain)
+    ("non-empty --out without --resume", [], ["holds an earlier run", "--resume", "--overwrite"]),
+    ("resume with another batch size", ["--resume", "--batch-size", "2"],
+     ["cannot resume", "train.batch_size: checkpoint 4, now 2", "--allow-changes"]),
+    ("resume with another seed and window", ["--resume", "--seed", "5", "--window", "hann"],
+     ["spect.window: checkpoint 'hamming', now 'hann'", "train.seed"]),
+    ("resume on another part of the manifest", ["--resume", "--limit", "6"], ["data.limit: checkpoint 8, now 6"]),
+]
+
+
+@pytest.mark.parametrize("case,extra,words", REFUSED, ids=[c[0] for c in REFUSED])
+def test_train_refuses_to_mix_runs(case, extra, words, earlier_run, tiny_corpus, capsys):
+    before = snapshot(earlier_run)
+    code, out, err = run(capsys, *train_args(tiny_corpus, earlier_run, *extra))
+    assert code == 2, (out, err)
+    lines = err.strip().splitlines()
+    assert lines[-1].startswith("error: ") and all(w in lines[-1] for w in words), err
+    assert "Traceback" not in err
+    assert snapshot(earlier_run) == before  # nothing of the earlier run touched
+
+
+def test_resume_with_a_changed_manifest_is_refused(earlier_run, tiny_corpus, tmp_path, capsys):
+    folder = shutil.copytree(earlier_run, tmp_path / "run")
+    manifest = tmp_path / "train.csv"
+    manifest.write_text((tiny_corpus / "train.csv").read_text() + "\n")  # same rows, other bytes
+    args = train_args(tiny_corpus, folder, "--resume")
+    args[args.index(tiny_corpus / "train.csv")] = manifest
+    code, _, err = run(capsys, *args)
+    assert code == 2 and "data.manifest_sha256" in err and "data.manifest_path" in err
+
+
+def test_resume_skips_a_corrupt_newest_checkpoint_and_stale_temps(earlier_run, tiny_corpus, tmp_path, capsys):
+    folder = shutil.copytree(earlier_run, tmp_path / "run")
+    (folder / "ds2-step0000002.ckpt").write_bytes(b"half a checkpoint")  # a damaged newest checkpoint
+    stale = folder / ".ds2-step0000003.ckpt.x1y2.tmp.ckpt"  # what a kill mid-write leaves: full size, read-only
+    shutil.copy(folder / "ds2-step0000001.ckpt", stale)
+    stale.chmod(0o444)
+    code, out, err = run(capsys, *train_args(tiny_corpus, folder, "--resume", "--max-steps", "1"))
+    assert code == 0, err
+    assert "cannot be read" in err and "resuming at epoch 1, step 1" in out and "from ds2-step0000001.ckpt" in out
+    assert not stale.exists() and (folder / "ds2-step0000002.ckpt.corrupt").exists()  # kept, not deleted
+    config = json.loads((folder / "config.json").read_text())
+    assert config["event"] == "resume" and [h["event"] for h in config["history"]] == ["start"]
+
+
+def test_overwrite_replaces_only_the_run_files(earlier_run, tiny_corpus, tmp_path, capsys):
+    folder = shutil.copytree(earlier_run, tmp_path / "run")
+    (folder / "notes.txt").write_text("mine")
+    code, out, err = run(capsys, *train_args(tiny_corpus, folder, "--overwrite", "--max-steps", "1", "--seed", "3"))
+    assert code == 0, err
+    assert "--overwrite: removed" in out and (folder / "notes.txt").read_text() == "mine"
+    assert json.loads((folder / "config.json").read_text())["history"] == []
+
+
+BAD_ARGUMENTS = [  # refused by the argument parser before any work: exit 2, the flag named
+    (["--epochs", "0"], "argument --epochs: 0 is too small"),
+    (["--batch-size", "0"], "argument --batch-size: 0 is too small"),
+    (["--lr", "-0.01"], "argument --lr: -0.01 is not allowed"),
+    (["--max-steps", "0"], "argument --max-steps"),
+    (["--batch-seconds", "nan"], "argument --batch-seconds"),
+]
+
+
+@pytest.mark.parametrize("extra,words", BAD_ARGUMENTS, ids=[" ".join(c[0]) for c in BAD_ARGUMENTS])
+def test_nonsense_arguments_are_refused_before_work(extra, words, tiny_corpus, tmp_path, capsys):
+    code, _, err = run(capsys, *train_args(tiny_corpus, tmp_path / "run", *extra))
+    assert code == 2 and words in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_export_frames_zero_is_refused_and_no_dumps_land_in_the_cwd(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run(capsys, "export", "--checkpoint", MINI, "--frames", "0", "--out", tmp_path / "m.mindir")
+    assert code == 2 and "argument --frames: 0 is too small" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_mindspore_dumps_go_to_the_runs_folder(monkeypatch, tmp_path):
+    monkeypatch.delenv("MS_OM_PATH", raising=False)
+    monkeypatch.setenv("DS2_RUNS", str(tmp_path / "runs"))
+    cli.keep_dumps_out_of_cwd()
+    import os
+
+    assert os.environ["MS_OM_PATH"] == str(tmp_path / "runs" / "mindspore-dumps")
+
+
+def test_output_under_a_file_and_permission_errors_are_one_line(tiny_corpus, tmp_path, monkeypatch, capsys):
+    (tmp_path / "file").write_text("x")
+    code, _, err = run(capsys, *train_args(tiny_corpus, tmp_path / "file" / "run"))
+    assert code == 2 and "Traceback" not in err
+    assert err.strip().splitlines()[-1] == (f"error: {tmp_path / 'file' / 'run'}: Not a directory; a part of this "
+                                            "path is a file, not a folder: choose another path")
+
+    def denied(self, *a, **k):  # root ignores file modes, so the refusal is simulated where it happens
+        raise PermissionError(errno.EACCES, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "mkdir", denied)
+    code, _, err = run(capsys, *train_args(tiny_corpus, tmp_path / "locked" / "run"))
+    assert code == 2 and err.strip() == (f"error: {tmp_path / 'locked' / 'run'}: Permission denied; no permission: "
+                                         "choose a folder you can write to (or ask its owner)")
+
+
+def test_a_full_disk_is_found_before_the_checkpoint_write(tmp_path, monkeypatch):
+    import collections
+
+    import numpy as np
+
+    from ds2_helpers import checkpoint as ckpt
+
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**9, 10**9 - 10**6, 10**6))
+    with pytest.raises(ckpt.CheckpointError, match=r"0.00 GB free, big.ckpt needs 0.0[2-3] GB; free disk space"):
+        ckpt.save(tmp_path / "big.ckpt", [{"name": "w", "data": np.zeros(2_500_000, np.float32)}])
+    assert list(tmp_path.iterdir()) == []  # no temp file left behind
+
+
+def test_converting_a_converted_checkpoint_is_refused(tmp_path, capsys):
+    code, _, err = run(capsys, "pretrained", "convert", "--checkpoint", MINI, "--out", tmp_path / "x.ckpt",
+                       "--preset", "mini")
+    assert code == 2 and "already converted" in err and "use it as it is" in err
+    assert not (tmp_path / "x.ckpt").exists()
+
+
+def test_unexpected_errors_are_one_line_unless_debug(monkeypatch, capsys):
+    from ds2_helpers import cli_model
+
+    def boom(args):
+        raise RuntimeError("deep inside\nsecond line")
+
+    monkeypatch.setattr(cli_model, "cmd_export", boom)
+    argv = ["export", "--checkpoint", MINI, "--out", "x.mindir"]
+    parser = cli.build_parser()  # the parser binds the function when it is built
+    monkeypatch.setattr(cli, "build_parser", lambda: _rebind(parser, boom))
+    code, _, err = run(capsys, *argv)
+    assert code == 2 and err.strip() == ("error: RuntimeError: deep inside (unexpected: rerun with --debug for the "
+                                         "traceback and report it)")
+    with pytest.raises(RuntimeError, match="deep inside"):
+        cli.main(["--debug", *map(str, argv)])
+
+
+def _rebind(parser, func):
+    sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    sub.choices["export"].set_defaults(func=func)
+    return parser
