@@ -10,6 +10,14 @@ from pathlib import Path
 from ds2_helpers import paths
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with the one error format of every other failure: `error: ...` (exit 2), after the usage."""
+
+    def error(self, message: str):
+        self.print_usage(sys.stderr)
+        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
+
+
 def at_least(minimum: int):
     """argparse type: a whole number >= minimum (checked before any work starts)."""
     def parse(text: str) -> int:
@@ -94,7 +102,7 @@ def cmd_manifest(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """All sub-commands and their flags."""
-    parser = argparse.ArgumentParser(prog="python -m ds2_helpers", description=__doc__)
+    parser = Parser(prog="python -m ds2_helpers", description=__doc__)
     parser.add_argument("--debug", action="store_true",
                         help="show the Python traceback of a failure instead of one error line")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -151,6 +159,7 @@ OS_ERROR_FIXES = {
     errno.EISDIR: "this is a folder, a file is needed: give a file path",
     errno.EROFS: "the file system is read-only: write somewhere else",
     errno.ENOENT: "check the path (and that the earlier step that makes this file has run)",
+    errno.EEXIST: "a file stands where a folder is needed: move it or choose another path",
 }
 
 

@@ -148,21 +148,30 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from ds2_helpers.atomic import atomic_write_text
     from ds2_helpers.checkpoint import load_model
     from ds2_helpers.dataset import SpeechData
-    from ds2_helpers.evaluate import evaluate, writable_folder
+    from ds2_helpers.evaluate import earlier_results, evaluate, writable_folder
+    from ds2_helpers.librispeech import read_manifest
 
     out = writable_folder(args.out) if args.out else None  # now, not after hours of decoding
+    earlier = earlier_results(out, resume=args.resume, overwrite=args.overwrite) if out else None
     net, spect = load_model(args.checkpoint, args.preset)
-    data = SpeechData(args.manifest, spect, limit=args.limit)
+    frame = read_manifest(args.manifest)
+    frame = frame.iloc[:args.limit] if args.limit else frame
+    if earlier is not None:
+        frame = frame[~frame.utterance_id.isin(earlier.utterance_id)]
+        print(f"resuming: {len(earlier)} utterances already in {out / 'results.csv'}, {len(frame)} to decode")
+    data = SpeechData(frame.reset_index(drop=True), spect, allow_empty=earlier is not None)
     results, summary = evaluate(net, data, batch_size=args.batch_size, progress=True, decoder=args.decoder,
                                 beam_width=args.beam_width, lm_path=args.lm, batch_seconds=args.batch_seconds,
-                                strict=args.strict, results_csv=out / "results.csv" if out else None)
+                                strict=args.strict, results_csv=out / "results.csv" if out else None,
+                                earlier=earlier)
     summary.update(checkpoint=str(args.checkpoint), manifest=str(args.manifest), decoder=args.decoder)
     if out:
         atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
     if summary["skipped"]:
         print(f"skipped {summary['skipped']} unusable audio file(s), each named above with the reason")
     print(f"WER {summary['wer']:.4f}  CER {summary['cer']:.4f}  (zoo-style CER {summary['cer_zoo']:.4f})  "
-          f"{summary['utterances']} utterances, {summary['audio_seconds'] / 60:.1f} min audio, RTF {summary['rtf']:.3f}")
+          f"{summary['utterances']} utterances, {summary['audio_seconds'] / 60:.1f} min audio, "
+          + (f"RTF {summary['rtf']:.3f}" if summary["rtf"] is not None else "nothing left to decode"))
     return 0
 
 
@@ -351,6 +360,9 @@ def add_commands(sub) -> None:
     p.add_argument("--out", help="folder for results.csv (appended batch by batch) and summary.json")
     p.add_argument("--strict", action="store_true",
                    help="fail on the first missing or unreadable audio file instead of skipping and reporting it")
+    p.add_argument("--resume", action="store_true",
+                   help="--out holds results of an interrupted evaluation: decode only the utterances not in them")
+    p.add_argument("--overwrite", action="store_true", help="--out holds earlier results: replace them")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("transcribe", help="transcribe audio files with a checkpoint")

@@ -83,19 +83,22 @@ def score(results: pd.DataFrame) -> dict[str, float]:
 
 
 def evaluate(net: DeepSpeech2, data: SpeechData, batch_size: int = 16, progress: bool = False, *,
-             strict: bool = False, results_csv: str | Path | None = None, on_skip=None, **decoding
-             ) -> tuple[pd.DataFrame, dict]:
+             strict: bool = False, results_csv: str | Path | None = None, on_skip=None,
+             earlier: pd.DataFrame | None = None, **decoding) -> tuple[pd.DataFrame, dict]:
     """Transcribe and score; the summary carries the real-time factor of the whole pass.
 
     A file that cannot be used is skipped: reported to `on_skip(message)` (default: a `skipped: ...` line on
     stderr) and listed in summary["skipped_files"] (summary["skipped"] counts them); `strict` raises instead.
-    `results_csv` receives each batch's rows as soon as they are decoded, so an interrupted pass keeps them."""
+    `results_csv` receives each batch's rows as soon as they are decoded, so an interrupted pass keeps them.
+    `earlier`: the rows an interrupted pass wrote (`data` then holds the rest): new rows are appended after them
+    and the scores cover both; the real-time factor is this pass's."""
     import jiwer
 
     report = on_skip or (lambda msg: print(f"skipped: {msg}", file=sys.stderr, flush=True))
     t0 = time.perf_counter()
     rows, skipped = [], []
-    sink = open(results_csv, "w", newline="", encoding="utf-8") if results_csv else None  # noqa: SIM115
+    mode = "a" if earlier is not None and len(earlier) else "w"
+    sink = open(results_csv, mode, newline="", encoding="utf-8") if results_csv else None  # noqa: SIM115
     try:
         for batch_rows, batch_skipped in decode_batches(net, data, batch_size, progress, strict=strict, **decoding):
             for row in batch_rows:
@@ -112,14 +115,39 @@ def evaluate(net: DeepSpeech2, data: SpeechData, batch_size: int = 16, progress:
         if sink:
             sink.close()
     elapsed = time.perf_counter() - t0
-    if not rows:
+    before = 0 if earlier is None else len(earlier)
+    if not rows and not before:
         raise AudioError(f"none of the {len(data)} utterances could be used ({len(skipped)} skipped), e.g. "
                          + "; ".join(skipped[:3]))
-    results = pd.DataFrame(rows, columns=RESULT_COLUMNS)
+    new = pd.DataFrame(rows, columns=RESULT_COLUMNS)
+    results = pd.concat([earlier[RESULT_COLUMNS], new], ignore_index=True) if before else new
     summary = score(results)
-    summary.update(seconds=elapsed, rtf=elapsed / max(summary["audio_seconds"], 1e-9), skipped=len(skipped),
-                   skipped_files=skipped)
+    decoded = float(new.duration.sum())
+    summary.update(seconds=elapsed, rtf=elapsed / decoded if decoded else None, skipped=len(skipped),
+                   skipped_files=skipped, resumed_with=before)
     return results, summary
+
+
+def earlier_results(out: Path, *, resume: bool, overwrite: bool) -> pd.DataFrame | None:
+    """The rows an earlier evaluation left in `out`/results.csv: kept and continued (`resume`), replaced
+    (`overwrite`), else a refusal - an evaluation of a full dev set is hours of CPU time."""
+    path = Path(out) / "results.csv"
+    if not path.exists() or path.stat().st_size == 0:
+        return None
+    if overwrite:
+        return None
+    try:
+        rows = pd.read_csv(path, keep_default_na=False, dtype={"utterance_id": str, "speaker": str})
+    except (ValueError, OSError) as exc:
+        raise ParameterError(f"{path}: unreadable earlier results ({exc}); pass --overwrite to start again") from exc
+    if not resume:
+        raise ParameterError(f"{path}: holds {len(rows)} results of an earlier evaluation; continue it with "
+                             "--resume (decodes only the rest), choose another --out, or pass --overwrite")
+    missing = [c for c in RESULT_COLUMNS if c not in rows]
+    if missing:
+        raise ParameterError(f"{path}: not a results file of `evaluate` (no {', '.join(missing)}); pass "
+                             "--overwrite or choose another --out")
+    return rows
 
 
 def writable_folder(folder: str | Path, files: tuple[str, ...] = ("results.csv", "summary.json")) -> Path:

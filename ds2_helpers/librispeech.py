@@ -191,7 +191,12 @@ def scan_chapter(chapter: Path, report: ScanReport) -> None:
         if duration <= 0:
             report.problems.append(f"{path}: no samples; re-extract the archive")
             continue
-        speaker, chapter_id = utt.split("-")[:2]
+        parts = utt.split("-")
+        if len(parts) < 3:
+            report.problems.append(f"{path}: utterance id {utt!r} is not <speaker>-<chapter>-<number> as in "
+                                   "LibriSpeech; rename the file and its transcript line")
+            continue
+        speaker, chapter_id = parts[:2]
         report.rows.append({"audio_path": str(path.resolve()), "transcript": text, "duration": round(duration, 4),
                             "speaker": speaker, "chapter": chapter_id, "utterance_id": utt})
 

@@ -198,3 +198,68 @@ def _rebind(parser, func):
     sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
     sub.choices["export"].set_defaults(func=func)
     return parser
+
+
+def _earlier_results(tmp: Path) -> Path:
+    out = tmp / "eval"
+    out.mkdir()
+    (out / "results.csv").write_text("utterance_id,speaker,duration,reference,hypothesis,cer,wer\n"
+                                     "1-2-3,1,2.0,A B,A B,0.0,0.0\n")
+    return out
+
+
+def _header_only(tmp: Path) -> Path:
+    path = tmp / "empty.csv"
+    path.write_text("audio_path,transcript,duration,speaker,chapter,utterance_id,subset\n")
+    return path
+
+
+def _under_a_file(tmp: Path) -> Path:
+    (tmp / "file").write_text("x")
+    return tmp / "file" / "m.mindir"
+
+
+OTHER_COMMANDS = [  # (case, argv from a tmp folder and the tiny corpus, words of the one error line)
+    ("evaluate into earlier results without --resume",
+     lambda t, c: ["evaluate", "--checkpoint", MINI, "--manifest", c / "test.csv", "--out", _earlier_results(t)],
+     ["holds 1 results of an earlier evaluation", "--resume", "--overwrite"]),
+    ("evaluate --batch-size 0", lambda t, c: ["evaluate", "--checkpoint", MINI, "--manifest", c / "test.csv",
+                                              "--batch-size", "0"], ["argument --batch-size: 0 is too small"]),
+    ("evaluate a header-only manifest",
+     lambda t, c: ["evaluate", "--checkpoint", MINI, "--manifest", _header_only(t)],
+     ["empty.csv: lists no utterances", "python -m ds2_helpers manifest"]),
+    ("librispeech download of a subset that does not exist",
+     lambda t, c: ["librispeech", "download", "--subset", "train", "--root", t], ["train-clean-100"]),
+    ("transcribe a missing file", lambda t, c: ["transcribe", "--checkpoint", MINI, t / "gone.wav"],
+     ["gone.wav", "no such audio file"]),
+    ("export under a regular file",
+     lambda t, c: ["export", "--checkpoint", MINI, "--frames", "200", "--out", _under_a_file(t)],
+     ["file", "choose another path"]),
+]
+
+
+@pytest.mark.parametrize("case,argv,words", OTHER_COMMANDS, ids=[c[0] for c in OTHER_COMMANDS])
+def test_other_commands_fail_with_one_line(case, argv, words, tiny_corpus, tmp_path, capsys):
+    args = argv(tmp_path, tiny_corpus)
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    code, _, err = run(capsys, *args)
+    assert code == 2, err
+    errors = [l for l in err.splitlines() if l.startswith("error: ")]
+    assert len(errors) == 1 and all(w in errors[0] for w in words), err
+    assert "Traceback" not in err
+    assert {p: p.read_bytes() for p in before} == before  # nothing written earlier was changed
+
+
+def test_an_interrupted_evaluation_resumes_where_it_stopped(tiny_corpus, tmp_path, capsys):
+    base = ["evaluate", "--checkpoint", MINI, "--manifest", tiny_corpus / "test.csv"]
+    assert run(capsys, *base, "--out", tmp_path / "whole")[0] == 0
+    assert run(capsys, *base, "--limit", "2", "--out", tmp_path / "part")[0] == 0  # as if stopped after 2
+    code, out, _ = run(capsys, *base, "--resume", "--out", tmp_path / "part")
+    assert code == 0 and "resuming: 2 utterances already in" in out
+    whole, part = (json.loads((tmp_path / d / "summary.json").read_text()) for d in ("whole", "part"))
+    assert part["resumed_with"] == 2 and part["utterances"] == whole["utterances"] == 6
+    assert part["cer"] == pytest.approx(whole["cer"]) and part["wer"] == pytest.approx(whole["wer"])
+    import pandas as pd
+
+    rows = pd.read_csv(tmp_path / "part" / "results.csv", keep_default_na=False)
+    assert len(rows) == 6 and rows.utterance_id.is_unique

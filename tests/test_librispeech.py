@@ -303,3 +303,11 @@ def test_download_subset_marks_only_a_finished_extraction(server, tmp_path, monk
     publish({"LibriSpeech/dev-clean/84/121123/a.txt": b"x"})
     assert ls.download_subset("dev-clean", tmp_path / "data", progress=False) == target
     assert sorted(p.name for p in target.iterdir()) == [".extracted", "84"]
+
+
+def test_an_utterance_id_without_speaker_and_chapter_is_reported(tmp_path):
+    chap = one_chapter(tmp_path, ["84-121123-0000 HELLO WORLD", "oddname SOME TEXT"], ["84-121123-0000"])
+    sf.write(chap / "oddname.flac", np.zeros(16000, np.float32), 16000)
+    report = ls.build_manifest(tmp_path, "dev-clean", tmp_path / "m.csv")
+    assert [r["utterance_id"] for r in report.rows] == ["84-121123-0000"]
+    assert len(report.problems) == 1 and "'oddname' is not <speaker>-<chapter>-<number>" in report.problems[0]
