@@ -40,6 +40,7 @@ class BenchConfig:
     fixed_frames: int | None = None
     conv_impl: str = "native"  # ModelConfig.conv
     threads: int | None = None
+    onednn_isa: str | None = None   # ONEDNN_MAX_CPU_ISA of the child (None: the package's cap, ds2_helpers.onednn)
     amp: str | None = None          # "float16" / "bfloat16" through mindspore.amp (O3: whole network)
     freeze_conv: bool = False
     freeze_rnn_layers: int = 0
@@ -108,6 +109,7 @@ def run_one(cfg: BenchConfig, *, steps: int = 3, warmup: int = 1) -> dict:
     step = statistics.median(times)
     audio = float(batch.x_len.sum()) / 100
     return {"step_seconds": step, "step_seconds_all": times, "audio_seconds_per_step": audio,
+            "onednn_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"),
             "audio_seconds_per_second": audio / step, "loss_finite": bool(np.isfinite(losses).all()),
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "padding_fraction": batch.padding_fraction}
@@ -118,6 +120,8 @@ def run_isolated(cfg: BenchConfig, *, steps: int, warmup: int, timeout: float = 
     env = dict(os.environ, GLOG_v="3")
     if cfg.threads:
         env["OMP_NUM_THREADS"] = str(cfg.threads)
+    if cfg.onednn_isa:
+        env["ONEDNN_MAX_CPU_ISA"] = cfg.onednn_isa
     args = [sys.executable, "-m", "ds2_helpers", "bench-one", json.dumps(asdict(cfg)), "--steps", str(steps),
             "--warmup", str(warmup)]
     try:

@@ -61,8 +61,11 @@ def check_disk(folder: str | Path, need_bytes: int, what: str = "the checkpoint"
     probe = next((p for p in (folder, *folder.parents) if p.exists()), Path("."))
     free = shutil.disk_usage(probe).free
     if free < need_bytes:
-        raise CheckpointError(f"{folder}: {free / 1e9:.2f} GB free, {what} needs {need_bytes / 1e9:.2f} GB; free "
-                              "disk space (older runs, --keep-last smaller) or write to another folder")
+        def size(n):
+            return f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.0f} MB"
+
+        raise CheckpointError(f"{folder}: {size(free)} free, {what} needs {size(need_bytes)}; free disk space "
+                              "(older runs, --keep-last smaller) or write to another folder")
 
 
 def save(path: str | Path, params: list[dict], meta: dict | None = None) -> Path:

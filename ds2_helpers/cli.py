@@ -50,8 +50,8 @@ def positive(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0:  # also refuses nan
-        raise argparse.ArgumentTypeError(f"{value:g} is not allowed: use a number above 0")
+    if not 0 < value < float("inf"):  # also refuses nan
+        raise argparse.ArgumentTypeError(f"{value:g} is not allowed: use a finite number above 0")
     return value
 
 
@@ -109,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("minicorpus", help="synthesise the embedded mini corpus (LibriSpeech layout)")
     p.add_argument("--out", default=str(paths.mini_corpus_dir()))
-    p.add_argument("--speakers", type=at_least(1), default=32)
+    p.add_argument("--speakers", type=at_least(3), default=32)
     p.add_argument("--utterances-per-speaker", type=at_least(1), default=50)
     p.add_argument("--profile", choices=["mini", "librispeech"], default="mini",
                    help="mini: 2-3 s sentences; librispeech: utterances of 1-25 s like train-clean-100 "
@@ -163,9 +163,10 @@ OS_ERROR_FIXES = {
 }
 
 
-def os_error_line(exc: OSError) -> str:
-    """One line for an operating-system error: the file, what happened, the fix."""
-    where = exc.filename if exc.filename is not None else "?"
+def os_error_line(exc: OSError, fallback: str | None = None) -> str:
+    """One line for an operating-system error: the file (`fallback`, the command's --out, when the error does
+    not name one), what happened, the fix."""
+    where = exc.filename if exc.filename is not None else fallback or "(the output)"
     fix = OS_ERROR_FIXES.get(exc.errno, exc.strerror or str(exc))
     return f"{where}: {exc.strerror or exc}; {fix}" if exc.errno in OS_ERROR_FIXES else f"{where}: {fix}"
 
@@ -184,6 +185,9 @@ def main(argv: list[str] | None = None) -> int:
     the Python traceback instead."""
     args = build_parser().parse_args(argv)
     keep_dumps_out_of_cwd()
+    import warnings
+
+    warnings.formatwarning = lambda message, category, *rest, **kw: f"warning: {message}\n"  # no source lines
     from ds2_helpers.errors import USER_ERRORS
 
     try:
@@ -198,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(exc, USER_ERRORS) and not (isinstance(exc, OSError) and exc.errno):
             line = str(exc)
         elif isinstance(exc, OSError):
-            line = os_error_line(exc)
+            line = os_error_line(exc, getattr(args, "out", None))
         else:
             first = next((l.strip() for l in str(exc).splitlines() if l.strip()), "")
             line = (f"{type(exc).__name__}: {first[:300]} (unexpected: rerun with --debug for the traceback and "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 from ds2_helpers.cli import at_least, non_negative, positive
@@ -32,8 +33,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         ms.set_context(runtime_num_threads=args.threads)
     spect = SpectConfig(window=args.window, periodic_window=args.periodic_window)
     out = Path(args.out)
-    for path in run_folder.check_out(out, resume=args.resume, overwrite=args.overwrite):
-        print(f"--overwrite: removed {path}")
+    replaced = run_folder.check_out(out, resume=args.resume, overwrite=args.overwrite)
+    _check_outputs(args)
     for path in run_folder.remove_stale_temps(out):
         print(f"removed {path.name}, left by an interrupted checkpoint write")
     # No feature cache in RAM (train-clean-100's spectrograms are ~23 GB); --feature-cache keeps them on disk.
@@ -44,18 +45,32 @@ def cmd_train(args: argparse.Namespace) -> int:
     manifest = run_folder.manifest_fingerprint(args.manifest)
     data_info = {"manifest_path": manifest["path"], "manifest_sha256": manifest["sha256"],
                  "max_duration": args.max_duration, "limit": args.limit, "pad_multiple": args.pad_multiple}
+    if args.pretrained and not Path(args.pretrained).is_file():
+        raise run_folder.RunFolderError(f"{args.pretrained}: no such checkpoint for --pretrained; download it "
+                                        "(`python -m ds2_helpers pretrained download`) or check the path")
     if args.preflight and int(os.environ.get("MS_WORKER_NUM", "1")) <= 1:
         _preflight(args, train_cfg, spect, data)
+    run_folder.remove(replaced)  # only now: every argument has been checked
+    for path in replaced:
+        print(f"{'--overwrite: ' if args.overwrite else ''}removed {path} (earlier run)")
+    had_checkpoints = args.resume and _has_checkpoint(out)
     trainer = Trainer(model_cfg, train_cfg, out, spect=spect, conv_impl=args.conv,
-                      pretrained=None if args.resume and _has_checkpoint(out) else args.pretrained)
+                      pretrained=None if had_checkpoints else args.pretrained)
     trainer.data_info = data_info
     changes: list[str] = []
-    if args.resume and trainer.resume():
+    resumed = args.resume and trainer.resume()
+    if had_checkpoints and not resumed:
+        raise run_folder.RunFolderError(f"{out}: none of its checkpoints can be read (set aside as *.corrupt); "
+                                        "restore one, or start again with --overwrite (and --pretrained)")
+    if args.resume and not had_checkpoints:
+        print(f"--resume: no checkpoint in {out} yet, starting from "
+              f"{args.pretrained or 'random weights'}")
+    if resumed:
         s = trainer.state
         now = run_folder.identity(to_dict(model_cfg), to_dict(train_cfg), to_dict(spect), data_info)
         changes = run_folder.check_resume(trainer.resumed_meta, now, trainer.resumed_from, allow=args.allow_changes)
         for change in changes:
-            print(f"warning: resuming with a change (--allow-changes): {change}")
+            print(f"warning: resuming with a change (--allow-changes): {change}", file=sys.stderr)
         print(f"resuming at epoch {s.epoch + 1}, step {s.step_in_epoch} of that epoch (global step {s.global_step}) "
               f"from {trainer.resumed_from.name}")
     if trainer.rank == 0:
@@ -65,7 +80,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     if trainer.rank == 0:
         batching = (f"batches of up to {train_cfg.batch_seconds:g} padded seconds (at most {train_cfg.batch_size})"
                     if train_cfg.batch_seconds else f"batch {train_cfg.batch_size}")
-        print(f"training {args.preset} on {len(data)} utterances ({data.durations.sum() / 3600:.2f} h), "
+        total = data.durations.sum()
+        print(f"training {args.preset} on {len(data)} utterances "
+              f"({f'{total / 3600:.2f} h' if total >= 360 else f'{total / 60:.1f} min'} of audio), "
               f"{batching}, {train_cfg.epochs} epoch(s), {train_cfg.mode} mode, "
               f"rank {trainer.rank}/{trainer.world} -> {out}", flush=True)
     trainer.fit(data, max_steps=args.max_steps, pad_multiple=args.pad_multiple, checkpoint_at_stop=True)
@@ -75,6 +92,16 @@ def cmd_train(args: argparse.Namespace) -> int:
         final = trainer.export_weights(args.weights_out or out / "final.ckpt")
         print(f"weights: {final}")
     return 0
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Folders the run writes later (final weights, feature cache) must be creatable now, not after hours."""
+    if args.weights_out:
+        Path(args.weights_out).parent.mkdir(parents=True, exist_ok=True)
+        if Path(args.weights_out).is_dir():
+            raise IsADirectoryError(21, "Is a directory", args.weights_out)
+    if args.feature_cache:
+        Path(args.feature_cache).mkdir(parents=True, exist_ok=True)
 
 
 def _preflight(args: argparse.Namespace, train_cfg, spect, data) -> None:
@@ -148,12 +175,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from ds2_helpers.atomic import atomic_write_text
     from ds2_helpers.checkpoint import load_model
     from ds2_helpers.dataset import SpeechData
-    from ds2_helpers.evaluate import earlier_results, evaluate, writable_folder
+    from ds2_helpers.evaluate import check_same_evaluation, earlier_results, evaluate, writable_folder
     from ds2_helpers.librispeech import read_manifest
 
     out = writable_folder(args.out) if args.out else None  # now, not after hours of decoding
     earlier = earlier_results(out, resume=args.resume, overwrite=args.overwrite) if out else None
     net, spect = load_model(args.checkpoint, args.preset)
+    if out:
+        from ds2_helpers.run_folder import manifest_fingerprint
+
+        check_same_evaluation(out, {"checkpoint": manifest_fingerprint(args.checkpoint),
+                                    "manifest": manifest_fingerprint(args.manifest), "preset": args.preset,
+                                    "decoder": args.decoder, "beam_width": args.beam_width, "lm": args.lm},
+                              resume=earlier is not None)
     frame = read_manifest(args.manifest)
     frame = frame.iloc[:args.limit] if args.limit else frame
     if earlier is not None:
@@ -200,20 +234,26 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     from ds2_helpers.checkpoint import load_model
     from ds2_helpers.config import to_dict
+    from ds2_helpers.errors import ExportError
     from ds2_helpers.export import ExportedModel, checkpoint_log_probs, export_mindir, export_onnx
 
     net, spect = load_model(args.checkpoint, args.preset)
     if args.format == "ONNX":
         ok, message = export_onnx(net, args.out, frames=args.frames)
-        print(f"ONNX: {'written ' + message if ok else 'MindSpore refused: ' + message}")
-        return 0 if ok else 1
+        if not ok:
+            raise ExportError(f"{args.out}: MindSpore refused the ONNX export ({message}); use --format MINDIR")
+        print(f"ONNX: written {message}")
+        return 0
     path = export_mindir(net, args.out, frames=args.frames, spect=to_dict(spect))
     rng = np.random.default_rng(0)
     spect_in = rng.standard_normal((net.cfg.n_bins, min(args.frames, 300))).astype(np.float32)
     diff = float(np.abs(ExportedModel(path)(spect_in) - checkpoint_log_probs(net, spect_in)).max())
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB) for inputs up to {args.frames} frames "
           f"({args.frames / 100:.0f} s); max |difference| to the checkpoint on a test input: {diff:.2e}")
-    return 0 if diff < 1e-4 else 1
+    if diff >= 1e-4:
+        raise ExportError(f"{path}: the exported model differs from the checkpoint by {diff:.2e} (more than 1e-4); "
+                          "do not use it - report this with the checkpoint")
+    return 0
 
 
 def cmd_rehearse(args: argparse.Namespace) -> int:
@@ -255,6 +295,19 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_onednn(args: argparse.Namespace) -> int:
+    """Training steps and oneDNN's per-primitive times with and without the AVX2 cap (ds2_helpers.onednn)."""
+    import pandas as pd
+
+    from ds2_helpers.onednn import measure
+
+    result = measure(args.out)
+    print(pd.DataFrame(result["steps"]).to_string(index=False))
+    print(pd.DataFrame(result["primitives"]).head(12).to_string(index=False))
+    print(f"wrote {args.out}")
+    return 0
+
+
 def cmd_race(args: argparse.Namespace) -> int:
     """Train the mini model and smaller / less-data variants for the same time; CER curves in --out."""
     from ds2_helpers import race
@@ -285,12 +338,13 @@ def add_commands(sub) -> None:
     p.add_argument("--batch-size", type=at_least(1))
     p.add_argument("--lr", type=positive)
     p.add_argument("--mode", choices=["graph", "pynative"])
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", type=at_least(0))
     p.add_argument("--out", required=True)
-    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out (refused "
-                   "when the preset, spectrogram, batching, seed or manifest differ from the checkpoint's)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="--out holds an earlier run: delete its checkpoints and metrics and start again")
+    again = p.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out "
+                       "(refused when the preset, spectrogram, batching, seed or manifest differ from the checkpoint's)")
+    again.add_argument("--overwrite", action="store_true",
+                       help="--out holds an earlier run: delete its checkpoints and metrics and start again")
     p.add_argument("--allow-changes", action="store_true",
                    help="resume although settings differ from the checkpoint's (config.json records the changes)")
     p.add_argument("--save-every", type=at_least(0))
@@ -323,7 +377,7 @@ def add_commands(sub) -> None:
     p.add_argument("--periodic-window", action=argparse.BooleanOptionalAction, default=True,
                    help="periodic window as librosa makes from a window name (the zoo's and the pretrained "
                         "checkpoints'); --no-periodic-window: the symmetric scipy.signal.windows one")
-    p.add_argument("--weights-out", help="also write the final weights-only checkpoint here")
+    p.add_argument("--weights-out", help="write the final weights-only checkpoint here instead of --out/final.ckpt")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("rehearse", help="rehearse the real job on a LibriSpeech-shaped synthetic corpus")
@@ -360,9 +414,10 @@ def add_commands(sub) -> None:
     p.add_argument("--out", help="folder for results.csv (appended batch by batch) and summary.json")
     p.add_argument("--strict", action="store_true",
                    help="fail on the first missing or unreadable audio file instead of skipping and reporting it")
-    p.add_argument("--resume", action="store_true",
-                   help="--out holds results of an interrupted evaluation: decode only the utterances not in them")
-    p.add_argument("--overwrite", action="store_true", help="--out holds earlier results: replace them")
+    again = p.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true",
+                       help="--out holds results of an interrupted evaluation: decode only the utterances not in them")
+    again.add_argument("--overwrite", action="store_true", help="--out holds earlier results: replace them")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("transcribe", help="transcribe audio files with a checkpoint")
@@ -385,7 +440,7 @@ def add_commands(sub) -> None:
     p = sub.add_parser("bench", help="time training configurations side by side (notebook 07)")
     p.add_argument("--quick", action="store_true", help="small shapes, few steps (CI)")
     p.add_argument("--only", nargs="*", help="run only experiments whose name contains one of these words")
-    p.add_argument("--steps", type=int)
+    p.add_argument("--steps", type=at_least(1))
     p.add_argument("--out", default="runs/bench")
     p.set_defaults(func=cmd_bench)
     p = sub.add_parser("bench-one", help=argparse.SUPPRESS)
@@ -394,13 +449,17 @@ def add_commands(sub) -> None:
     p.add_argument("--warmup", type=int, default=1)
     p.set_defaults(func=cmd_bench_one)
 
+    p = sub.add_parser("onednn", help="measure oneDNN's AVX2 cap against its AVX-512 kernels (notebook 07)")
+    p.add_argument("--out", default="runs/onednn.json")
+    p.set_defaults(func=cmd_onednn)
+
     p = sub.add_parser("race", help="time to CER: mini model vs smaller models and less data (notebook 07)")
     p.add_argument("--train", required=True, help="training manifest (the mini corpus's train.csv)")
     p.add_argument("--eval", required=True, help="held-out manifest (the mini corpus's dev.csv)")
     p.add_argument("--minutes", type=positive, default=8.0, help="training time per contestant")
     p.add_argument("--eval-every", type=positive, default=60.0, help="seconds of training between CER points")
     p.add_argument("--eval-limit", type=at_least(1), default=64, help="held-out utterances per CER point")
-    p.add_argument("--targets", type=float, nargs="+", default=[0.6, 0.4, 0.2])
+    p.add_argument("--targets", type=positive, nargs="+", default=[0.6, 0.4, 0.2])
     p.add_argument("--mode", choices=["graph", "pynative"], default="graph")
     p.add_argument("--only", nargs="*")
     p.add_argument("--out", default="runs/race")

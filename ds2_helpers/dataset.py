@@ -86,7 +86,7 @@ class SpeechData:
                 why.append(f"{len(self.skipped)} with more characters than CTC can fit, e.g. "
                            + "; ".join(self.skipped[:3]))
             raise ManifestError(f"{name}: no usable utterances ({'; '.join(why) or 'no rows'}); "
-                                "raise max_duration or use a manifest of longer utterances")
+                                "raise max_duration if it filtered them, check the transcripts against the audio, or use another manifest")
         self.frame = frame.iloc[keep].reset_index(drop=True)
         self.labels = [np.asarray(encode(t), dtype=np.int32) for t in self.frame.transcript]
 

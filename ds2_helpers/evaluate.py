@@ -136,6 +136,12 @@ def earlier_results(out: Path, *, resume: bool, overwrite: bool) -> pd.DataFrame
         return None
     if overwrite:
         return None
+    raw = path.read_bytes()
+    if resume and not raw.endswith(b"\n"):  # a kill or a full disk cut the last row: decode it again
+        from ds2_helpers.atomic import atomic_write
+
+        atomic_write(path, lambda fh: fh.write(raw[: raw.rfind(b"\n") + 1]), binary=True)
+        print(f"{path}: its last row was cut off; it is decoded again", file=sys.stderr)
     try:
         rows = pd.read_csv(path, keep_default_na=False, dtype={"utterance_id": str, "speaker": str})
     except (ValueError, OSError) as exc:
@@ -148,6 +154,23 @@ def earlier_results(out: Path, *, resume: bool, overwrite: bool) -> pd.DataFrame
         raise ParameterError(f"{path}: not a results file of `evaluate` (no {', '.join(missing)}); pass "
                              "--overwrite or choose another --out")
     return rows
+
+
+def check_same_evaluation(out: Path, now: dict, *, resume: bool) -> None:
+    """evaluation.json in `out` records what the results are of (checkpoint, manifest, decoder); a resume with
+    anything else would mix two evaluations in one results.csv."""
+    import json
+
+    from ds2_helpers.atomic import atomic_write_text
+    from ds2_helpers.run_folder import differences
+
+    path = Path(out) / "evaluation.json"
+    if resume and path.exists():
+        diffs = differences(json.loads(path.read_text()), now)
+        if diffs:
+            raise ParameterError(f"{out}: cannot resume, its results are of another evaluation: " + "; ".join(diffs)
+                                 + "; use the same arguments, another --out, or --overwrite")
+    atomic_write_text(path, json.dumps(now, indent=2))
 
 
 def writable_folder(folder: str | Path, files: tuple[str, ...] = ("results.csv", "summary.json")) -> Path:

@@ -10,7 +10,6 @@ never changes the result because the network masks everything past the true leng
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import mindspore as ms
@@ -18,6 +17,7 @@ import numpy as np
 from mindspore import nn, ops
 
 
+from ds2_helpers.atomic import atomic_write_path, atomic_write_text
 from ds2_helpers.errors import ExportError
 from ds2_helpers.model import DeepSpeech2
 
@@ -48,14 +48,19 @@ def export_mindir(net: DeepSpeech2, out: str | Path, *, frames: int = 3600, spec
     infer.set_train(False)
     x = ms.Tensor(np.zeros((1, 1, net.cfg.n_bins, frames), np.float32))
     lengths = ms.Tensor(np.array([frames], np.int32))
-    ms.export(infer, x, lengths, file_name=str(stem), file_format="MINDIR")
     path = Path(str(stem) + ".mindir")
-    os.chmod(path, 0o644)
+
+    def write(tmp: Path) -> None:  # a full disk or a kill leaves no half-written model under the real name
+        ms.export(infer, x, lengths, file_name=str(tmp), file_format="MINDIR")
+        if not tmp.exists() or tmp.stat().st_size == 0:
+            raise ExportError(f"{path}: MindSpore wrote no model (is the disk full?)")
+
+    atomic_write_path(path, write, suffix=".mindir")
     from ds2_helpers.labels import LABELS
 
-    sidecar(path).write_text(json.dumps({"frames": frames, "n_bins": net.cfg.n_bins, "spect": spect or {},
-                                         "labels": list(LABELS), "outputs": "log_probs [T', 1, 29], lengths [1]"},
-                                        indent=2))
+    atomic_write_text(sidecar(path), json.dumps({"frames": frames, "n_bins": net.cfg.n_bins, "spect": spect or {},
+                                                 "labels": list(LABELS),
+                                                 "outputs": "log_probs [T', 1, 29], lengths [1]"}, indent=2))
     return path
 
 

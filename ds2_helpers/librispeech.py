@@ -143,7 +143,13 @@ def _read_transcripts(trans_files: list[Path], report: ScanReport) -> dict[str, 
     out: dict[str, str] = {}
     seen: dict[str, str] = {}  # utterance id -> file:line of its first line
     for trans in trans_files:
-        for n, line in enumerate(trans.read_text(encoding="utf-8").splitlines(), 1):
+        try:
+            text_of_file = trans.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            report.problems.append(f"{trans}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8 "
+                                   "or extract the archive again")
+            continue
+        for n, line in enumerate(text_of_file.splitlines(), 1):
             if not line.strip():
                 continue
             utt, _, text = line.strip().partition(" ")

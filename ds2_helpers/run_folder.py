@@ -16,7 +16,7 @@ from typing import Any
 
 from ds2_helpers.atomic import atomic_write_text
 
-RUN_PATTERNS = ("ds2-step*.ckpt", "final*.ckpt", "metrics*.csv", "config.json")
+RUN_PATTERNS = ("ds2-step*.ckpt", "ds2-step*.ckpt.corrupt", "final*.ckpt", "metrics*.csv", "config.json")
 """What `train` writes in its folder (--overwrite removes these and nothing else)."""
 IGNORED = ("logs",)  # msrun's --log_dir may sit inside the run folder before the workers start
 TRAIN_KEYS = ("batch_size", "batch_seconds", "seed", "sortagrad")
@@ -48,32 +48,39 @@ def run_files(out: str | Path) -> list[Path]:
 
 
 def check_out(out: str | Path, *, resume: bool, overwrite: bool) -> list[Path]:
-    """Refuse a folder that holds anything unless the run continues (--resume) or replaces it (--overwrite).
-    Returns the files --overwrite removed."""
+    """Refuse a folder that holds an earlier run's checkpoints unless the run continues (--resume) or replaces
+    it (--overwrite). Returns the run files to delete before training starts (`remove`, called once every
+    other argument has been checked): --overwrite's, or the config and metrics of a start that never reached
+    a checkpoint."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise RunFolderError(f"{out}: is a file, not a folder; choose another --out")
     if not out.is_dir() or resume:
         return []
-    entries = [p for p in out.iterdir() if p.name not in IGNORED and not _is_temp(p)]
-    if not entries:
-        return []
-    if not overwrite:
-        ckpts = [p for p in entries if p.suffix == ".ckpt"]
-        shown = ", ".join(p.name for p in entries[:4]) + (f" and {len(entries) - 4} more" if len(entries) > 4 else "")
+    files = run_files(out)
+    ckpts = [p for p in files if ".ckpt" in p.name]
+    if ckpts and not overwrite:
+        shown = ", ".join(p.name for p in files[:4]) + (f" and {len(files) - 4} more" if len(files) > 4 else "")
         raise RunFolderError(f"{out}: holds an earlier run ({len(ckpts)} checkpoint(s); {shown}); continue it with "
                              "--resume, choose another --out, or pass --overwrite to delete its checkpoints and "
                              "metrics and start again")
-    removed = run_files(out)
-    for p in removed:
-        p.unlink()
-    return removed
+    return files
+
+
+def remove(files: list[Path]) -> None:
+    """Delete what `check_out` listed."""
+    for p in files:
+        p.unlink(missing_ok=True)
 
 
 def manifest_fingerprint(path: str | Path) -> dict[str, Any]:
     """Absolute path and SHA-256 of a manifest: the same file with other rows is another run."""
     path = Path(path).resolve()
-    return {"path": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return {"path": str(path), "sha256": digest.hexdigest()}
 
 
 def identity(model: dict, train: dict, spect: dict, data: dict) -> dict[str, Any]:

@@ -244,8 +244,12 @@ class Trainer:
         own = {p["name"]: p for p in self._params()}
         missing = [n for n in own if n not in arrays]
         if missing:
-            raise ckpt.CheckpointError(f"{path}: cannot resume, missing {missing[:5]} (different preset or freeze "
-                                       "options?)")
+            saved = meta.get("model", {})
+            differ = [f"{k}: checkpoint {saved[k]!r}, now {v!r}" for k, v in to_dict(self.model_cfg).items()
+                      if k in saved and k != "conv" and saved[k] != v]
+            why = ("the network differs - " + "; ".join(differ) + " (use the checkpoint's --preset)") if differ \
+                else "different freeze options?"
+            raise ckpt.CheckpointError(f"{path}: cannot resume, missing {missing[:5]}: {why}")
         for name, p in own.items():
             if tuple(arrays[name].shape) != tuple(p["data"].shape):
                 raise ckpt.CheckpointError(f"{path}: {name} has shape {arrays[name].shape}, network wants "

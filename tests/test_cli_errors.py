@@ -114,6 +114,9 @@ BAD_ARGUMENTS = [  # refused by the argument parser before any work: exit 2, the
     (["--lr", "-0.01"], "argument --lr: -0.01 is not allowed"),
     (["--max-steps", "0"], "argument --max-steps"),
     (["--batch-seconds", "nan"], "argument --batch-seconds"),
+    (["--lr", "inf"], "argument --lr: inf is not allowed"),
+    (["--seed", "-1"], "argument --seed: -1 is too small"),
+    (["--resume", "--overwrite"], "argument --overwrite: not allowed with argument --resume"),
 ]
 
 
@@ -165,7 +168,7 @@ def test_a_full_disk_is_found_before_the_checkpoint_write(tmp_path, monkeypatch)
 
     usage = collections.namedtuple("usage", "total used free")
     monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**9, 10**9 - 10**6, 10**6))
-    with pytest.raises(ckpt.CheckpointError, match=r"0.00 GB free, big.ckpt needs 0.0[2-3] GB; free disk space"):
+    with pytest.raises(ckpt.CheckpointError, match=r"1 MB free, big.ckpt needs 2[67] MB; free disk space"):
         ckpt.save(tmp_path / "big.ckpt", [{"name": "w", "data": np.zeros(2_500_000, np.float32)}])
     assert list(tmp_path.iterdir()) == []  # no temp file left behind
 
@@ -263,3 +266,46 @@ def test_an_interrupted_evaluation_resumes_where_it_stopped(tiny_corpus, tmp_pat
 
     rows = pd.read_csv(tmp_path / "part" / "results.csv", keep_default_na=False)
     assert len(rows) == 6 and rows.utterance_id.is_unique
+
+
+def test_overwrite_with_a_typo_deletes_nothing(earlier_run, tiny_corpus, tmp_path, capsys):
+    folder = shutil.copytree(earlier_run, tmp_path / "run")
+    before = snapshot(folder)
+    args = train_args(tiny_corpus, folder, "--overwrite")
+    args[args.index(tiny_corpus / "train.csv")] = tmp_path / "nosuch.csv"
+    code, _, err = run(capsys, *args)
+    assert code == 2 and "nosuch.csv" in err and snapshot(folder) == before
+    code, _, err = run(capsys, *train_args(tiny_corpus, folder, "--overwrite", "--pretrained", tmp_path / "no.ckpt"))
+    assert code == 2 and "no.ckpt: no such checkpoint" in err and snapshot(folder) == before
+
+
+def test_resume_with_no_readable_checkpoint_is_refused(earlier_run, tiny_corpus, tmp_path, capsys):
+    folder = shutil.copytree(earlier_run, tmp_path / "run")
+    (folder / "ds2-step0000001.ckpt").write_bytes(b"damaged")
+    final = (folder / "final.ckpt").read_bytes()
+    code, _, err = run(capsys, *train_args(tiny_corpus, folder, "--resume", "--pretrained", MINI))
+    assert code == 2 and "none of its checkpoints can be read" in err.splitlines()[-1]
+    assert (folder / "final.ckpt").read_bytes() == final  # not replaced by an untrained network
+
+
+def test_resuming_an_evaluation_of_another_checkpoint_or_after_a_cut_row(tiny_corpus, tmp_path, capsys):
+    base = ["evaluate", "--manifest", tiny_corpus / "test.csv", "--limit", "3", "--out", tmp_path / "ev"]
+    assert run(capsys, *base, "--checkpoint", MINI)[0] == 0
+    import mindspore as ms
+
+    from ds2_helpers import checkpoint as ckpt
+
+    arrays, meta = ckpt.read(MINI)  # the same weights in another file: still another evaluation
+    other = ckpt.save(tmp_path / "other.ckpt", [{"name": k, "data": ms.Tensor(v)} for k, v in arrays.items()],
+                      {**meta, "note": "a copy"})
+    code, _, err = run(capsys, *base, "--checkpoint", other, "--resume")
+    assert code == 2 and "cannot resume, its results are of another evaluation: checkpoint" in err
+    results = tmp_path / "ev" / "results.csv"
+    results.write_bytes(results.read_bytes()[:-7])  # a kill cut the last row
+    code, _, err = run(capsys, *base[:-4], "--limit", "4", "--out", tmp_path / "ev", "--checkpoint", MINI,
+                       "--resume")
+    assert code == 0 and "last row was cut off" in err
+    import pandas as pd
+
+    rows = pd.read_csv(results, keep_default_na=False)
+    assert len(rows) == 4 and rows.utterance_id.is_unique and (rows.hypothesis.str.len() > 0).all()
