@@ -46,3 +46,16 @@ def atomic_write(path: str | Path, write: Callable, *, binary: bool = False) -> 
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """Write a text file atomically."""
     return atomic_write(path, lambda fh: fh.write(text))
+
+
+def check_writable(path: str | Path) -> Path:
+    """Before long work whose result goes to `path`: create its folder and write a probe file there, so a
+    missing permission or a file in the way fails now (as the OSError naming the path), not hours later."""
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(21, "Is a directory", str(path))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, probe = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".probe")
+    os.close(fd)
+    os.unlink(probe)
+    return path

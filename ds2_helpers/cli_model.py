@@ -96,10 +96,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _check_outputs(args: argparse.Namespace) -> None:
     """Folders the run writes later (final weights, feature cache) must be creatable now, not after hours."""
+    from ds2_helpers.atomic import check_writable
+
     if args.weights_out:
-        Path(args.weights_out).parent.mkdir(parents=True, exist_ok=True)
-        if Path(args.weights_out).is_dir():
-            raise IsADirectoryError(21, "Is a directory", args.weights_out)
+        check_writable(args.weights_out)
     if args.feature_cache:
         Path(args.feature_cache).mkdir(parents=True, exist_ok=True)
 
@@ -128,6 +128,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from ds2_helpers.plan import format_plan, make_plan, measure
 
     frame = read_manifest(args.manifest)
+    if args.out:
+        from ds2_helpers.atomic import check_writable
+
+        check_writable(args.out)  # before minutes of measuring
     fit = measure(args.preset, seconds=args.probe_seconds, conv=args.conv)
     from ds2_helpers.model import architecture_table
 

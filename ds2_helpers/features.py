@@ -25,9 +25,11 @@ def load_audio(path: str | Path, sample_rate: int = 16000, *, min_seconds: float
 
     Audio below `sample_rate` (8 kHz telephone audio) is upsampled with a LowSampleRateWarning naming the file."""
     path = Path(path)
+    if path.is_dir():
+        raise AudioError(f"{path}: is a folder; give the audio files themselves (e.g. {path}/*.flac)")
     if not path.is_file():
-        raise AudioError(f"{path}: no such audio file; rebuild the manifest with `python -m ds2_helpers manifest` "
-                         "or re-extract the archive")
+        raise AudioError(f"{path}: no such audio file; check the path (for a manifest's file: rebuild the manifest "
+                         "with `python -m ds2_helpers manifest` or re-extract the archive)")
     try:
         audio, sr = sf.read(str(path), dtype="float32", always_2d=True)
     except Exception as exc:  # soundfile raises its own LibsndfileError / RuntimeError
