@@ -26,6 +26,9 @@ def test_notebook_is_clean_and_structured(path):
     text = "".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown")
     assert "## Summary" in text and "## Exercises" in text
     assert "/root/" not in path.read_text() and "/home/" not in path.read_text(), "no personal absolute paths"
+    ids = [c.get("id") for c in cells]
+    assert (nb["nbformat"], nb["nbformat_minor"]) < (4, 5) or (all(ids) and len(set(ids)) == len(ids)), \
+        "nbformat 4.5 cells need unique ids (nbformat warns now, will refuse later)"
 
 
 def test_mode_line_says_what_each_mode_changes():
