@@ -12,13 +12,21 @@ from pathlib import Path
 from typing import Callable
 
 
+TEMP_SUFFIX = ".tmp"
+
+
+def is_leftover(path: Path) -> bool:
+    """A temporary file of this module (`.<name>.<random>.tmp...`) that a kill or a full disk left behind."""
+    return path.is_file() and path.name.startswith(".") and TEMP_SUFFIX in path.name
+
+
 def _umask_mode() -> int:
     umask = os.umask(0)
     os.umask(umask)
     return 0o666 & ~umask  # what a plain open() would give
 
 
-def atomic_write_path(path: str | Path, write: Callable[[Path], None], *, suffix: str = ".tmp") -> Path:
+def atomic_write_path(path: str | Path, write: Callable[[Path], None], *, suffix: str = TEMP_SUFFIX) -> Path:
     """Call `write(tmp_path)` for a temporary path beside `path`, then rename it into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

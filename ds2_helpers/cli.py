@@ -33,12 +33,16 @@ def at_least(minimum: int):
     return parse
 
 
-def non_negative(text: str) -> float:
-    """argparse type: a number >= 0."""
+def _number(text: str) -> float:
     try:
-        value = float(text)
+        return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+
+
+def non_negative(text: str) -> float:
+    """argparse type: a number >= 0."""
+    value = _number(text)
     if not value >= 0:
         raise argparse.ArgumentTypeError(f"{value:g} is not allowed: use 0 or more")
     return value
@@ -46,10 +50,7 @@ def non_negative(text: str) -> float:
 
 def positive(text: str) -> float:
     """argparse type: a number > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    value = _number(text)
     if not 0 < value < float("inf"):  # also refuses nan
         raise argparse.ArgumentTypeError(f"{value:g} is not allowed: use a finite number above 0")
     return value

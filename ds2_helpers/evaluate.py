@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -176,14 +175,13 @@ def check_same_evaluation(out: Path, now: dict, *, resume: bool) -> None:
 def writable_folder(folder: str | Path, files: tuple[str, ...] = ("results.csv", "summary.json")) -> Path:
     """`folder`, created if needed, after a probe file showed it takes `files`: checked before hours of
     decoding depend on it. ParameterError naming the folder otherwise."""
+    from ds2_helpers.atomic import check_writable
+
     folder = Path(folder)
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-probe-")
-        os.close(fd)
-        os.unlink(probe)
         for name in files:
-            if (folder / name).is_dir() or ((folder / name).exists() and not os.access(folder / name, os.W_OK)):
+            check_writable(folder / name)  # creates the folder, probes it, refuses a folder in the file's place
+            if (folder / name).exists() and not os.access(folder / name, os.W_OK):
                 raise PermissionError(f"{folder / name} cannot be overwritten")
     except OSError as exc:
         blocker = next((p for p in (folder, *folder.parents) if p.is_file()), None)

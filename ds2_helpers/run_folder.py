@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ds2_helpers.atomic import atomic_write_text
+from ds2_helpers.atomic import atomic_write_text, is_leftover
 
 RUN_PATTERNS = ("ds2-step*.ckpt", "ds2-step*.ckpt.corrupt", "final*.ckpt", "metrics*.csv", "config.json")
 """What `train` writes in its folder (--overwrite removes these and nothing else)."""
@@ -27,15 +27,10 @@ class RunFolderError(ValueError):
     """A run folder that cannot be used as asked, with the way out."""
 
 
-def _is_temp(path: Path) -> bool:
-    """A temporary file of ds2_helpers.atomic (`.<name>.<random>.tmp...`) that a kill or a full disk left."""
-    return path.is_file() and path.name.startswith(".") and ".tmp" in path.name
-
-
 def remove_stale_temps(out: str | Path) -> list[Path]:
     """Delete the hidden temporary files an interrupted checkpoint write left (full size, read-only)."""
     out = Path(out)
-    stale = [p for p in out.iterdir() if _is_temp(p)] if out.is_dir() else []
+    stale = [p for p in out.iterdir() if is_leftover(p)] if out.is_dir() else []
     for p in stale:
         p.unlink(missing_ok=True)
     return stale

@@ -244,9 +244,10 @@ class Trainer:
         own = {p["name"]: p for p in self._params()}
         missing = [n for n in own if n not in arrays]
         if missing:
-            saved = meta.get("model", {})
-            differ = [f"{k}: checkpoint {saved[k]!r}, now {v!r}" for k, v in to_dict(self.model_cfg).items()
-                      if k in saved and k != "conv" and saved[k] != v]
+            from ds2_helpers.run_folder import differences
+
+            saved = {k: v for k, v in meta.get("model", {}).items() if k != "conv"}
+            differ = differences(saved, to_dict(self.model_cfg))
             why = ("the network differs - " + "; ".join(differ) + " (use the checkpoint's --preset)") if differ \
                 else "different freeze options?"
             raise ckpt.CheckpointError(f"{path}: cannot resume, missing {missing[:5]}: {why}")
