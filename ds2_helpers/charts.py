@@ -10,7 +10,9 @@ def epoch_chart(frame, title: str = "Projected hours for one epoch of train-clea
     """Horizontal bars of epoch hours per configuration, with the machine's floor as a line."""
     import matplotlib.pyplot as plt
 
-    ok = frame[frame.get("epoch_hours").notna()] if "epoch_hours" in frame else frame.iloc[0:0]
+    if "epoch_hours" not in frame:  # every configuration failed: an empty chart, not an error
+        frame = frame.assign(epoch_hours=float("nan"))
+    ok = frame[frame.epoch_hours.notna()]
     fig, ax = plt.subplots(figsize=(9, 0.45 * max(len(ok), 2) + 1.2))
     ax.barh(ok.name, ok.epoch_hours, color="tab:blue")
     if len(ok) and "floor_epoch_hours" in ok:
@@ -19,7 +21,11 @@ def epoch_chart(frame, title: str = "Projected hours for one epoch of train-clea
             ax.axvline(paper.floor_epoch_hours.iloc[0], color="tab:red", ls="--", label="machine floor (paper model)")
             ax.legend(loc="lower right")
     ax.invert_yaxis()
-    ax.set(xscale="log", xlabel="hours (log scale)", title=title)
+    if len(ok):  # a log axis of no bars has no range
+        ax.set(xscale="log", xlabel="hours (log scale)")
+    else:
+        ax.text(0.5, 0.5, "no configuration was measured", ha="center", va="center", transform=ax.transAxes)
+    ax.set_title(title)
     fig.tight_layout()
     return fig
 

@@ -38,6 +38,19 @@ def test_epoch_chart_without_a_floor_draws_no_floor_line():
     plt.close(fig)
 
 
+def test_epoch_chart_of_failed_configurations_only_is_empty(tmp_path):
+    """`bench` in which every configuration failed (no epoch_hours column) still writes its files."""
+    from dataclasses import asdict
+
+    from ds2_helpers import bench
+
+    fig = charts.epoch_chart(pd.DataFrame({"name": ["a"], "error": ["out of memory"]}))
+    assert bar_widths(fig.axes[0]) == [] and not fig.axes[0].lines
+    plt.close(fig)
+    failed = [{"error": "killed by signal 9", **asdict(bench.BenchConfig(name="a", preset="mini"))}]
+    assert bench.write_results(failed, tmp_path)["png"].stat().st_size > 1000
+
+
 def test_drift_chart_draws_block_medians_per_convolution():
     steps = np.arange(1, 7)
     frame = pd.concat([pd.DataFrame({"conv": "native", "step": steps, "step_seconds": [5.0, 1.0, 1.2, 1.4, 2.0, 3.0]}),
