@@ -45,3 +45,27 @@ def drift_chart(frame, *, every: int = 10, title: str = "Step time during one tr
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def inference_chart(run: dict, title: str = "Inference: real-time factor against the machine's bound"):
+    """Horizontal bars of measured RTF per configuration (log scale), each with its roofline bound as a red tick:
+    the closer the bar ends to its tick, the nearer that configuration runs to what the machine allows."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    rows = [r for r in run["results"] if "rtf" in r]
+    fig, ax = plt.subplots(figsize=(9, 0.45 * max(len(rows), 2) + 1.2))
+    if not rows:
+        ax.text(0.5, 0.5, "no configuration was measured", ha="center", va="center", transform=ax.transAxes)
+    else:
+        y = np.arange(len(rows))
+        ax.barh(y, [r["rtf"] for r in rows], color="tab:blue", label="measured RTF")
+        ax.scatter([r["bound_rtf"] for r in rows], y, marker="|", s=400, color="tab:red", zorder=3,
+                   label="bound (roofline)")
+        ax.set_yticks(y, [r["name"] for r in rows])
+        ax.invert_yaxis()
+        ax.set(xscale="log", xlabel="seconds of computing per second of audio (log scale)")
+        ax.legend(loc="lower right", fontsize=8)
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig

@@ -201,7 +201,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     results, summary = evaluate(net, data, batch_size=args.batch_size, progress=True, decoder=args.decoder,
                                 beam_width=args.beam_width, lm_path=args.lm, batch_seconds=args.batch_seconds,
                                 strict=args.strict, results_csv=out / "results.csv" if out else None,
-                                earlier=earlier)
+                                earlier=earlier, mode=args.mode)
     summary.update(checkpoint=str(args.checkpoint), manifest=str(args.manifest), decoder=args.decoder)
     if out:
         atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
@@ -211,6 +211,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
           f"{summary['utterances']} utterances, {summary['audio_seconds'] / 60:.1f} min audio, "
           + (f"RTF {summary['rtf']:.3f}" if summary["rtf"] is not None else "nothing left to decode"))
     return 0
+
+
+def _inference_mode(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--mode", choices=["graph", "pynative"], default="graph",
+                   help="graph: one compiled graph for every input length (fast); pynative: op by op")
 
 
 def cmd_transcribe(args: argparse.Namespace) -> int:
@@ -223,7 +228,7 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
 
     net, spect = load_model(args.checkpoint, args.preset)
     failed = 0
-    for path, text in transcribe_each(net, args.audio, spect, decoder=args.decoder):
+    for path, text in transcribe_each(net, args.audio, spect, decoder=args.decoder, mode=args.mode):
         if isinstance(text, Exception):
             failed += 1
             print(f"error: {text}", file=sys.stderr, flush=True)
@@ -233,7 +238,8 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    """Export the inference network to MindIR (fixed frames, padded) and check it against the checkpoint."""
+    """Export the inference network to MindIR (any length at batch 1, or --frames fixed and padded) and check it
+    against the checkpoint."""
     import numpy as np
 
     from ds2_helpers.checkpoint import load_model
@@ -243,17 +249,19 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     net, spect = load_model(args.checkpoint, args.preset)
     if args.format == "ONNX":
-        ok, message = export_onnx(net, args.out, frames=args.frames)
+        ok, message = export_onnx(net, args.out, frames=args.frames or 3600)
         if not ok:
             raise ExportError(f"{args.out}: MindSpore refused the ONNX export ({message}); use --format MINDIR")
         print(f"ONNX: written {message}")
         return 0
     path = export_mindir(net, args.out, frames=args.frames, spect=to_dict(spect))
     rng = np.random.default_rng(0)
-    spect_in = rng.standard_normal((net.cfg.n_bins, min(args.frames, 300))).astype(np.float32)
+    spect_in = rng.standard_normal((net.cfg.n_bins, min(args.frames or 300, 300))).astype(np.float32)
     diff = float(np.abs(ExportedModel(path)(spect_in) - checkpoint_log_probs(net, spect_in)).max())
-    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB) for inputs up to {args.frames} frames "
-          f"({args.frames / 100:.0f} s); max |difference| to the checkpoint on a test input: {diff:.2e}")
+    length = (f"inputs up to {args.frames} frames ({args.frames / 100:.0f} s), padded" if args.frames
+              else "inputs of any length (batch 1)")
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB) for {length}; max |difference| to the checkpoint "
+          f"on a test input: {diff:.2e}")
     if diff >= 1e-4:
         raise ExportError(f"{path}: the exported model differs from the checkpoint by {diff:.2e} (more than 1e-4); "
                           "do not use it - report this with the checkpoint")
@@ -416,6 +424,7 @@ def add_commands(sub) -> None:
     p.add_argument("--beam-width", type=at_least(1), default=32)
     p.add_argument("--lm", help="KenLM/ARPA language model for beam search (needs the kenlm package)")
     p.add_argument("--out", help="folder for results.csv (appended batch by batch) and summary.json")
+    _inference_mode(p)
     p.add_argument("--strict", action="store_true",
                    help="fail on the first missing or unreadable audio file instead of skipping and reporting it")
     again = p.add_mutually_exclusive_group()
@@ -429,15 +438,17 @@ def add_commands(sub) -> None:
     p.add_argument("--preset", choices=["paper", "mini"])
     p.add_argument("--decoder", choices=["greedy", "beam"], default="greedy")
     p.add_argument("audio", nargs="+")
+    _inference_mode(p)
     p.set_defaults(func=cmd_transcribe)
 
     p = sub.add_parser("export", help="export to MindIR (checked against the checkpoint) or try ONNX")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--preset", choices=["paper", "mini"])
     p.add_argument("--format", choices=["MINDIR", "ONNX"], default="MINDIR")
-    p.add_argument("--frames", type=at_least(1), default=3600,
-                   help="fixed input length in 10-ms frames (default 36 s: test-clean's longest is 35 s; inputs are "
-                        "padded)")
+    p.add_argument("--frames", type=at_least(1),
+                   help="a fixed input length in 10-ms frames that inputs are padded to (e.g. 3600 = 36 s: test-clean's "
+                        "longest is 35 s), for runtimes without dynamic shapes; default: any length, batch 1 "
+                        "(ONNX: 3600)")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_export)
 

@@ -24,13 +24,15 @@ RESULT_COLUMNS = ["utterance_id", "speaker", "duration", "reference", "hypothesi
 
 def decode_batches(net: DeepSpeech2, data: SpeechData, batch_size: int = 16, progress: bool = False, *,
                    decoder: str = "greedy", beam_width: int = 32, lm_path: str | None = None, pad_multiple: int = 1,
-                   batch_seconds: float | None = None, strict: bool = True):
+                   batch_seconds: float | None = None, strict: bool = True, mode: str = "graph"):
     """Yield (rows, skipped) per batch: a result row per decoded utterance and a message naming each file that
     could not be used (missing, unreadable, not the manifest's length). Its batch still decodes the others;
-    `strict` raises the first such error instead. Batches as in `predict`."""
+    `strict` raises the first such error instead. Batches as in `predict`; `mode` as in `inference.forward`."""
     from tqdm.auto import tqdm
 
-    net.set_train(False)
+    from ds2_helpers.inference import forward
+
+    run = forward(net, mode)
     beam = beam_decoder(lm_path) if decoder == "beam" else None
     batches = make_batches(data.durations, batch_size, batch_seconds=batch_seconds or None, order="sorted")
     for idx in tqdm(batches, desc="decoding", disable=not progress):
@@ -46,7 +48,7 @@ def decode_batches(net: DeepSpeech2, data: SpeechData, batch_size: int = 16, pro
         rows = []
         if good:
             batch = data.batch(good, pad_multiple=pad_multiple, feats=feats)
-            logits, out_len = net(ms.Tensor(batch.x), ms.Tensor(batch.x_len))
+            logits, out_len = run(ms.Tensor(batch.x), ms.Tensor(batch.x_len))
             texts = (beam_decode(logits.asnumpy(), out_len.asnumpy(), decoder=beam, beam_width=beam_width) if beam
                      else greedy_decode(logits.asnumpy(), out_len.asnumpy()))
             for k, text in zip(good, texts):
@@ -63,13 +65,14 @@ def _naming(path, exc: Exception) -> str:
 
 def predict(net: DeepSpeech2, data: SpeechData, batch_size: int = 16, progress: bool = False, *,
             decoder: str = "greedy", beam_width: int = 32, lm_path: str | None = None, pad_multiple: int = 1,
-            batch_seconds: float | None = None) -> pd.DataFrame:
+            batch_seconds: float | None = None, mode: str = "graph") -> pd.DataFrame:
     """Transcripts for every utterance of `data` (inference mode, length-sorted batches, greedy or beam;
     `pad_multiple` > 1 gives fewer shapes, so fewer graph compilations; `batch_seconds` sizes batches by
     padded audio, so test-clean's 35-second utterances come in small batches and short ones in large)."""
     rows = []
     for batch_rows, _ in decode_batches(net, data, batch_size, progress, decoder=decoder, beam_width=beam_width,
-                                        lm_path=lm_path, pad_multiple=pad_multiple, batch_seconds=batch_seconds):
+                                        lm_path=lm_path, pad_multiple=pad_multiple, batch_seconds=batch_seconds,
+                                        mode=mode):
         rows += batch_rows
     return pd.DataFrame(rows)
 
@@ -96,8 +99,8 @@ def evaluate(net: DeepSpeech2, data: SpeechData, batch_size: int = 16, progress:
     report = on_skip or (lambda msg: print(f"skipped: {msg}", file=sys.stderr, flush=True))
     t0 = time.perf_counter()
     rows, skipped = [], []
-    mode = "a" if earlier is not None and len(earlier) else "w"
-    sink = open(results_csv, mode, newline="", encoding="utf-8") if results_csv else None  # noqa: SIM115
+    open_mode = "a" if earlier is not None and len(earlier) else "w"
+    sink = open(results_csv, open_mode, newline="", encoding="utf-8") if results_csv else None  # noqa: SIM115
     try:
         for batch_rows, batch_skipped in decode_batches(net, data, batch_size, progress, strict=strict, **decoding):
             for row in batch_rows:
@@ -201,31 +204,32 @@ def worst(results: pd.DataFrame, n: int = 5, by: str = "cer") -> pd.DataFrame:
     return rows[["utterance_id", "speaker", "duration", by, "reference", "hypothesis", "alignment"]]
 
 
-def transcribe_each(net: DeepSpeech2, paths: list, spect=None, *, decoder: str = "greedy"):
+def transcribe_each(net: DeepSpeech2, paths: list, spect=None, *, decoder: str = "greedy", mode: str = "graph"):
     """Yield (path, transcript) per audio file as soon as it is decoded, or (path, AudioError) for a file that
-    cannot be read, then go on with the next one."""
+    cannot be read, then go on with the next one. `mode` as in `inference.forward`."""
     from ds2_helpers.config import SpectConfig
     from ds2_helpers.features import load_audio, spectrogram
+    from ds2_helpers.inference import forward
 
     spect = spect or SpectConfig()
     beam = beam_decoder() if decoder == "beam" else None
-    net.set_train(False)
+    run = forward(net, mode)
     for path in paths:
         try:
             feats = spectrogram(load_audio(path, spect.sample_rate, min_seconds=0.1), spect)
         except AudioError as exc:
             yield path, exc
             continue
-        logits, out_len = net(ms.Tensor(feats[None, None]), ms.Tensor(np.array([feats.shape[1]], np.int32)))
+        logits, out_len = run(ms.Tensor(feats[None, None]), ms.Tensor(np.array([feats.shape[1]], np.int32)))
         logits, out_len = logits.asnumpy(), out_len.asnumpy()
         yield path, (beam_decode(logits, out_len, decoder=beam) if beam else greedy_decode(logits, out_len))[0]
 
 
-def transcribe(net: DeepSpeech2, paths: list, spect=None, *, decoder: str = "greedy") -> list[str]:
+def transcribe(net: DeepSpeech2, paths: list, spect=None, *, decoder: str = "greedy", mode: str = "graph") -> list[str]:
     """Transcripts of audio files (any soundfile format and rate; resampled to 16 kHz); a bad file raises its
     AudioError."""
     texts = []
-    for _, text in transcribe_each(net, paths, spect, decoder=decoder):
+    for _, text in transcribe_each(net, paths, spect, decoder=decoder, mode=mode):
         if isinstance(text, Exception):
             raise text
         texts.append(text)

@@ -1,10 +1,11 @@
-"""Export to MindIR (fixed input length, padded), reload with nn.GraphCell, and check parity; ONNX attempted.
+"""Export to MindIR, reload with nn.GraphCell, and check parity; ONNX attempted.
 
-With MindSpore 2.10 a free time axis exports at batch 1 (`try_dynamic_export`; notebook 06 prints the
-answer for the mini model), but not a free batch axis: shape inference of ReverseSequence (used so each LSTM
-direction starts at an utterance's true end) fails with an unknown batch size. `export_mindir` fixes the input
-to `frames` spectrogram frames (default 3600 = 36 s, past test-clean's longest) and the caller pads; padding
-never changes the result because the network masks everything past the true length.
+With MindSpore 2.10 a free time axis exports at batch 1, but not a free batch axis: shape inference of
+ReverseSequence (used so each LSTM direction starts at an utterance's true end) fails with an unknown batch size.
+`export_mindir` therefore writes a batch-1 graph for inputs of any length by default (each utterance runs at its
+own length), or, with `frames`, a graph for exactly that many spectrogram frames that the caller pads to (what
+runtimes without dynamic shapes need; padding never changes the result because the network masks everything
+past the true length, but a 2 s utterance then costs as much as a `frames` one).
 """
 
 from __future__ import annotations
@@ -39,15 +40,20 @@ def sidecar(path: str | Path) -> Path:
     return Path(str(path) + ".json")
 
 
-def export_mindir(net: DeepSpeech2, out: str | Path, *, frames: int = 3600, spect: dict | None = None) -> Path:
-    """Write `out` (.mindir) for inputs of exactly `frames` frames, plus its JSON sidecar; returns the path."""
+def export_mindir(net: DeepSpeech2, out: str | Path, *, frames: int | None = None, spect: dict | None = None) -> Path:
+    """Write `out` (.mindir) for batch-1 inputs of any length (`frames` None) or of exactly `frames` frames, plus
+    its JSON sidecar; returns the path."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     stem = out.with_suffix("") if out.suffix == ".mindir" else out
     infer = InferenceNet(net)
     infer.set_train(False)
-    x = ms.Tensor(np.zeros((1, 1, net.cfg.n_bins, frames), np.float32))
-    lengths = ms.Tensor(np.array([frames], np.int32))
+    if frames is None:
+        x = ms.Tensor(shape=[1, 1, net.cfg.n_bins, None], dtype=ms.float32)
+        lengths = ms.Tensor(shape=[1], dtype=ms.int32)
+    else:
+        x = ms.Tensor(np.zeros((1, 1, net.cfg.n_bins, frames), np.float32))
+        lengths = ms.Tensor(np.array([frames], np.int32))
     path = Path(str(stem) + ".mindir")
 
     def write(tmp: Path) -> None:  # a full disk or a kill leaves no half-written model under the real name
@@ -83,22 +89,23 @@ def export_onnx(net: DeepSpeech2, out: str | Path, *, frames: int = 3600) -> tup
 
 
 class ExportedModel:
-    """A reloaded MindIR (nn.GraphCell) with the padding its fixed input length needs."""
+    """A reloaded MindIR (nn.GraphCell), with the padding a fixed input length needs (`frames`: from the sidecar;
+    None for a model exported with a free time axis)."""
 
     def __init__(self, path: str | Path, frames: int | None = None) -> None:
         path = Path(path)
         if not path.exists():
             raise ExportError(f"{path}: no such MindIR; create it with `python -m ds2_helpers export`")
         self.path = path
+        if not sidecar(path).exists() and frames is None:
+            raise ExportError(f"{path}: no {sidecar(path).name} beside it; pass the exported input frames")
         self.meta = json.loads(sidecar(path).read_text()) if sidecar(path).exists() else {}
         self.frames = frames or self.meta.get("frames")
-        if self.frames is None:
-            raise ExportError(f"{path}: no {sidecar(path).name} beside it; pass the exported input frames")
         self.graph = nn.GraphCell(ms.load(str(path)))
 
     def __call__(self, spect: np.ndarray) -> np.ndarray:
-        """Log-probs [T', 29] for one spectrogram [bins, T] (T at most the exported frames)."""
-        frames = self.frames
+        """Log-probs [T', 29] for one spectrogram [bins, T] (T at most the exported frames, if fixed)."""
+        frames = self.frames or spect.shape[1]
         if spect.shape[1] > frames:
             raise ExportError(f"{spect.shape[1]} frames ({spect.shape[1] / 100:.1f} s) exceed the {frames} frames "
                               f"{self.path.name} was exported for: export again with --frames {spect.shape[1]}")

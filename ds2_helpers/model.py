@@ -17,6 +17,11 @@ from ds2_helpers.config import ModelConfig
 
 CONV1 = dict(kernel=(41, 11), stride=(2, 2), padding=(20, 20, 5, 5))
 CONV2 = dict(kernel=(21, 11), stride=(2, 1), padding=(10, 10, 5, 5))
+#: oneDNN (MindSpore 2.10, AVX2) computes conv1 (1 input channel) with `ref:any` instead of its gemm kernel when the
+#: output channels are fewer than this and the batch is below 4 on long inputs: 30.7 s instead of 0.16 s for one
+#: 12.7-second utterance with 8 channels (the mini model; 16 and 32 channels took the gemm kernel). In inference
+#: `MaskConv` computes such a conv1 with zero filters added up to this many channels and drops their output.
+GEMM_MIN_CHANNELS = 16
 
 
 def conv_out(n: int, kernel: int, stride: int, pad: int) -> int:
@@ -210,11 +215,12 @@ class MaskConv(nn.Cell):
         self.bn1 = MaskedBatchNorm(channels, channel_axis)
         self.bn2 = MaskedBatchNorm(channels, channel_axis)
         self.tanh = nn.Tanh()
+        self.widen_conv1 = impl == "native" and channels < GEMM_MIN_CHANNELS
 
     def construct(self, x, lengths):
         """x [N, 1, bins, T] -> [T', N, C*bins''] (time-major RNN input), frames >= length set to 0."""
         if self.impl == "native":
-            x = self.conv1(x)
+            x = self._conv1_widened(x) if self.widen_conv1 and not self.training else self.conv1(x)
             mask = _time_mask(lengths, x.shape[3], x.dtype)  # both convolutions keep the output length
             x = self.tanh(self.bn1(x, mask)) * mask
             x = self.tanh(self.bn2(self.conv2(x), mask)) * mask
@@ -226,6 +232,13 @@ class MaskConv(nn.Cell):
         x = self._bn_tanh(self.conv2(x), self.bn2, lengths)
         t = x.shape[1]
         return x.reshape(n, t, self.f2, self.channels).transpose(1, 0, 3, 2).reshape(t, n, self.channels * self.f2)
+
+    def _conv1_widened(self, x):
+        """conv1 with zero filters up to GEMM_MIN_CHANNELS (oneDNN's gemm kernel), the real channels kept."""
+        w = self.conv1.weight
+        w = ops.concat((w, ops.zeros((GEMM_MIN_CHANNELS - self.channels,) + w.shape[1:], w.dtype)), 0)
+        padding = (CONV1["padding"][0], CONV1["padding"][2])  # symmetric (top = bottom, left = right)
+        return ops.conv2d(x, w, None, CONV1["stride"], "pad", padding)[:, :self.channels]
 
     def _bn_tanh(self, y, bn, lengths):
         """Masked BatchNorm + tanh + length mask on frequency-major [N, T, F*C] activations.

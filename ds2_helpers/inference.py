@@ -1,0 +1,92 @@
+"""Inference at the machine's speed, and the bounds to judge it by.
+
+`forward(net)` runs the network as one compiled MindSpore graph (`ms.jit` over the network, its batch and time
+axes left free with `Cell.set_inputs`: compiled on the first call, then reused for every shape), so `evaluate`
+and `transcribe` get Graph mode's speed without switching the whole process out of PyNative mode. `warm_up` pays
+the compilation on tiny inputs before anything is timed.
+
+The bounds (a roofline): the forward pass costs FLOPs (the architecture table's) and memory traffic. At batch 1
+every LSTM step multiplies one vector by W_hh (4H x H floats, 16.8 MB per direction and layer for `paper`), so the
+weights stream through once per output frame: `recurrent_bytes_per_audio_second`. The machine's two rates are
+measured in the same run: sgemm (NumPy and MindSpore, the better one) and the rate a matrix-vector product of
+W_hh's size reads its matrix (NumPy sgemv). The bound is whichever takes longer.
+"""
+
+from __future__ import annotations
+
+import time
+import weakref
+
+import numpy as np
+
+from ds2_helpers.model import DeepSpeech2, architecture_table, output_lengths
+
+MODES = ("graph", "pynative")
+_COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def forward(net: DeepSpeech2, mode: str = "graph"):
+    """(x, lengths) -> (logits [T', N, C], output lengths [N]) as MindSpore tensors, in inference mode; "graph"
+    compiles it once per network (kept with it), "pynative" runs it op by op."""
+    import mindspore as ms
+
+    if mode not in MODES:
+        raise ValueError(f"inference mode {mode!r}: use one of {', '.join(MODES)}")
+    net.set_train(False)
+    if mode == "pynative":
+        return net
+    if net not in _COMPILED:
+        from ds2_helpers.train import dynamic_inputs
+
+        net.set_inputs(*dynamic_inputs(net.cfg.n_bins)[:2])
+        _COMPILED[net] = ms.jit(net)
+    return _COMPILED[net]
+
+
+def warm_up(net: DeepSpeech2, mode: str = "graph") -> float:
+    """Seconds spent compiling: two tiny batches of different shapes, so the dynamic graph exists before timing."""
+    import mindspore as ms
+
+    fn = forward(net, mode)
+    t0 = time.perf_counter()
+    for n, frames in ((1, 64), (2, 96)):
+        x = np.zeros((n, 1, net.cfg.n_bins, frames), np.float32)
+        fn(ms.Tensor(x), ms.Tensor(np.full(n, frames, np.int32)))[0].asnumpy()
+    return time.perf_counter() - t0
+
+
+def forward_flops_per_audio_second(cfg) -> float:
+    """Forward FLOPs for one second of audio (the architecture table: convolutions, LSTM gates, dense)."""
+    return 1e9 * float(architecture_table(cfg)["forward GFLOP/s-audio"].sum())
+
+
+def recurrent_bytes_per_audio_second(cfg, batch: int = 1) -> float:
+    """Bytes of W_hh read per second of audio: every output frame (both directions, every layer) reads the
+    whole recurrent matrix once for the `batch` utterances it steps together."""
+    gates = 4 if cfg.rnn_type.upper() == "LSTM" else 3
+    frames = float(output_lengths(100))  # output frames per audio second (100 input frames)
+    return cfg.hidden_layers * 2 * gates * cfg.hidden_size * cfg.hidden_size * 4 * frames / batch
+
+
+def sgemv_gbytes(cfg, repeats: int = 200) -> float:
+    """GB/s at which NumPy's matrix-vector product reads a W_hh-sized matrix (the batch-1 LSTM step)."""
+    gates = 4 if cfg.rnn_type.upper() == "LSTM" else 3
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((gates * cfg.hidden_size, cfg.hidden_size)).astype(np.float32)
+    v = rng.standard_normal(cfg.hidden_size).astype(np.float32)
+    best = np.inf
+    for _ in range(3):
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            w @ v
+        best = min(best, (time.perf_counter() - t0) / repeats)
+    return w.nbytes / best / 1e9
+
+
+def bounds(cfg, batch: int, sgemm_gflops: float, gemv_gbps: float) -> dict:
+    """The roofline for one configuration: seconds of compute per audio second (= the best possible RTF)
+    from FLOPs, from W_hh traffic, and the larger of the two, which names the bound."""
+    flop_rtf = forward_flops_per_audio_second(cfg) / (sgemm_gflops * 1e9)
+    memory_rtf = recurrent_bytes_per_audio_second(cfg, batch) / (gemv_gbps * 1e9)
+    return {"flop_rtf": flop_rtf, "memory_rtf": memory_rtf, "bound_rtf": max(flop_rtf, memory_rtf),
+            "bound": "FLOPs" if flop_rtf >= memory_rtf else "memory (W_hh per step)"}

@@ -1,0 +1,219 @@
+"""The inference harness: real-time factor of each way of running a trained network, against the roofline.
+
+Configurations (each in its own process, like the training harness `bench`): batch 1 in Graph mode (what
+`transcribe` runs), batch 1 op by op (PyNative), the exported MindIR (batch 1, any length), and `evaluate`'s
+batches (length-sorted, up to `batch_seconds` of padded audio each) over utterance lengths drawn like
+test-clean's (1-35 s). The network's time only: spectrograms are random (features cost the same in every
+configuration, `studies.feature_seconds_per_audio_second` measures them) and greedy decoding is included.
+
+The bound of each row comes from `inference.bounds` with the machine's rates measured in the same run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+#: Utterance length of the batch-1 rows: train-clean-100's mean (test-clean's is 7.4 s).
+BATCH1_SECONDS = 12.7
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    """One way of running the network for inference."""
+
+    name: str
+    preset: str = "paper"
+    runner: str = "graph"           # graph | pynative | mindir
+    batch_seconds: float = 0.0      # 0: one utterance at a time; else evaluate's batches of this much padded audio
+    seconds: float = BATCH1_SECONDS  # batch 1: the utterance's length
+    utterances: int = 3             # batch 1: timed repeats; batches: utterances drawn like test-clean's
+    seed: int = 0
+
+
+def suite(presets=("paper", "mini"), *, quick: bool = False) -> list[InferenceConfig]:
+    """The rows of notebook 06 and `bench --inference`: per preset, batch 1 three ways and evaluate's batches."""
+    configs = []
+    for preset in presets:
+        seconds = 2.0 if quick else BATCH1_SECONDS
+        configs += [InferenceConfig(f"{preset}: batch 1, graph", preset, "graph", seconds=seconds),
+                    InferenceConfig(f"{preset}: batch 1, pynative", preset, "pynative", seconds=seconds),
+                    InferenceConfig(f"{preset}: batch 1, MindIR", preset, "mindir", seconds=seconds),
+                    InferenceConfig(f"{preset}: evaluate, 160 s batches, graph", preset, "graph", batch_seconds=160.0,
+                                    utterances=8 if quick else 48)]
+    return configs
+
+
+def test_clean_like(n: int, seed: int = 0) -> np.ndarray:
+    """`n` utterance lengths (s) drawn like LibriSpeech's, the two longest in test-clean's 30-35 s tail."""
+    from ds2_helpers.minicorpus import TEST_TAIL_SECONDS, librispeech_durations
+
+    return librispeech_durations(n, np.random.default_rng(seed), longest=TEST_TAIL_SECONDS if n >= 8 else None)
+
+
+def _batches(cfg: InferenceConfig) -> list[np.ndarray]:
+    """Frame counts per batch: one utterance repeated, or evaluate's batches over test-clean-like lengths."""
+    from ds2_helpers.dataset import make_batches
+
+    if not cfg.batch_seconds:
+        return [np.array([int(cfg.seconds * 100) + 1])] * cfg.utterances
+    frames = (test_clean_like(cfg.utterances, cfg.seed) * 100).astype(int) + 1
+    return [frames[idx] for idx in make_batches(frames / 100, 10_000, batch_seconds=cfg.batch_seconds,
+                                                order="sorted")]
+
+
+def run_one(cfg: InferenceConfig) -> dict:
+    """Time `cfg` (inside the child process): compile first, then every batch; RTF over the timed audio."""
+    import tempfile
+
+    import mindspore as ms
+
+    from ds2_helpers.config import model_preset
+    from ds2_helpers.decode import greedy_decode
+    from ds2_helpers.export import ExportedModel, export_mindir
+    from ds2_helpers.inference import forward, warm_up
+    from ds2_helpers.model import DeepSpeech2
+
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    model_cfg = model_preset(cfg.preset)
+    net = DeepSpeech2(model_cfg)
+    net.set_train(False)
+    rng = np.random.default_rng(cfg.seed)
+    batches = _batches(cfg)
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        if cfg.runner == "mindir":
+            exported = ExportedModel(export_mindir(net, Path(tmp) / "model.mindir"))
+            exported(np.zeros((model_cfg.n_bins, 64), np.float32))
+            exported(np.zeros((model_cfg.n_bins, 96), np.float32))
+
+            def run(x, lengths):
+                return [exported(x[k, 0, :, : lengths[k]]) for k in range(len(x))]
+        else:
+            warm_up(net, cfg.runner)
+            fn = forward(net, cfg.runner)
+
+            def run(x, lengths):
+                logits, out_len = fn(ms.Tensor(x), ms.Tensor(lengths))
+                return greedy_decode(logits.asnumpy(), out_len.asnumpy())
+        compile_seconds = time.perf_counter() - t0
+        times = []
+        for frames in batches:
+            x = np.zeros((len(frames), 1, model_cfg.n_bins, int(frames.max())), np.float32)
+            for k, f in enumerate(frames):
+                x[k, 0, :, :f] = rng.standard_normal((model_cfg.n_bins, f))
+            t0 = time.perf_counter()
+            run(x, frames.astype(np.int32))
+            times.append(time.perf_counter() - t0)
+    audio = float(sum(f.sum() for f in batches)) / 100
+    seconds = float(sum(times)) if cfg.batch_seconds else statistics.median(times) * len(times)
+    return {"seconds": seconds, "audio_seconds": audio, "rtf": seconds / audio, "batches": len(batches),
+            "mean_batch": float(np.mean([len(f) for f in batches])), "compile_seconds": compile_seconds,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "onednn_isa": os.environ.get("ONEDNN_MAX_CPU_ISA")}
+
+
+def run_isolated(cfg: InferenceConfig, timeout: float = 3600) -> dict:
+    """`run_one` in a fresh process; a failure comes back as {'error': ...}."""
+    args = [sys.executable, "-m", "ds2_helpers.inference_bench", json.dumps(asdict(cfg))]
+    try:
+        run = subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=dict(os.environ, GLOG_v="3"))
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:.0f} s"}
+    for line in reversed(run.stdout.splitlines()):
+        if line.startswith("{"):
+            return json.loads(line)
+    lines = [l for l in (run.stderr or run.stdout).splitlines() if l.strip() and "WARNING" not in l]
+    return {"error": (lines[-1] if lines else f"exit status {run.returncode}").strip()[:300]}
+
+
+def machine_rates(presets) -> dict:
+    """The roofline's two rates, measured now: sgemm GFLOP/s (the better of NumPy and MindSpore) and, per preset,
+    the GB/s at which a matrix-vector product reads its W_hh."""
+    from ds2_helpers.bench import matmul_gflops
+    from ds2_helpers.config import model_preset
+    from ds2_helpers.inference import sgemv_gbytes
+
+    rates = matmul_gflops()
+    return {"sgemm_gflops": max(rates.values()), "sgemm_by_library": rates,
+            "gemv_gbps": {p: sgemv_gbytes(model_preset(p)) for p in presets}}
+
+
+def with_bounds(result: dict, cfg: InferenceConfig, rates: dict) -> dict:
+    """A timed row with its roofline: the bound RTF and the share of it reached (100% = at the bound)."""
+    from ds2_helpers.config import model_preset
+    from ds2_helpers.inference import bounds
+
+    row = {**asdict(cfg), **result}
+    if "error" in result:
+        return row
+    b = bounds(model_preset(cfg.preset), max(1, round(result["mean_batch"])), rates["sgemm_gflops"],
+               rates["gemv_gbps"][cfg.preset])
+    return {**row, **b, "percent_of_bound": 100 * b["bound_rtf"] / result["rtf"],
+            "percent_of_flop_floor": 100 * b["flop_rtf"] / result["rtf"]}
+
+
+def run_suite(configs: list[InferenceConfig], progress: bool = True) -> dict:
+    """Every configuration in its own process, the machine's rates measured before and after (the lower kept:
+    a busy moment lowers a row's share of the bound instead of raising it)."""
+    from ds2_helpers.bench import machine
+
+    presets = sorted({c.preset for c in configs})
+    before = machine_rates(presets)
+    results = []
+    for cfg in configs:
+        t0 = time.perf_counter()
+        res = run_isolated(cfg)
+        results.append(res)
+        if progress:
+            shown = f"RTF {res['rtf']:.3f}" if "rtf" in res else res["error"]
+            print(f"{cfg.name}: {shown} ({time.perf_counter() - t0:.0f} s)", flush=True)
+    after = machine_rates(presets)
+    rates = {"sgemm_gflops": min(before["sgemm_gflops"], after["sgemm_gflops"]),
+             "gemv_gbps": {p: min(before["gemv_gbps"][p], after["gemv_gbps"][p]) for p in presets},
+             "before": before, "after": after}
+    return {"machine": machine(), "measured": time.strftime("%Y-%m-%d %H:%M"), "rates": rates,
+            "results": [with_bounds(r, c, rates) for r, c in zip(results, configs)]}
+
+
+def table(run: dict):
+    """One row per configuration: RTF, the bound and the share of it reached."""
+    import pandas as pd
+
+    frame = pd.DataFrame(run["results"])
+    cols = [c for c in ["name", "rtf", "flop_rtf", "memory_rtf", "bound", "percent_of_bound",
+                        "percent_of_flop_floor", "mean_batch", "compile_seconds", "peak_rss_mb", "error"]
+            if c in frame]
+    return frame[cols]
+
+
+def write(run: dict, out: str | Path) -> dict[str, Path]:
+    """inference.json, inference.csv and inference.png in `out`, each written atomically."""
+    from ds2_helpers.atomic import atomic_write_path, atomic_write_text
+    from ds2_helpers.charts import inference_chart
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out / "inference.json", "csv": out / "inference.csv", "png": out / "inference.png"}
+    atomic_write_text(paths["json"], json.dumps(run, indent=1))
+    atomic_write_text(paths["csv"], table(run).to_csv(index=False))
+    fig = inference_chart(run)
+    atomic_write_path(paths["png"], lambda tmp: fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png"),
+                      suffix=".png")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return paths
+
+
+if __name__ == "__main__":
+    print(json.dumps(run_one(InferenceConfig(**json.loads(sys.argv[1])))))
