@@ -46,7 +46,8 @@ from ds2_helpers.errors import CheckpointError
 #: The course brief's pretrained DeepSpeech2 (MindSpore model zoo, LibriSpeech).
 PRETRAINED_URL = ("https://ascend-professional-construction-dataset.obs.cn-north-4.myhuaweicloud.com/"
                   "ASR/DeepSpeech.ckpt")
-OPTIMIZER_PREFIXES = ("moment1", "moment2", "beta1_power", "beta2_power", "learning_rate", "global_step", "step")
+OPTIMIZER_PREFIXES = ("moment1", "moment2", "beta1_power", "beta2_power", "learning_rate", "global_step", "step",
+                      "lamb_m.", "lamb_v.", "accum.", "stat.", "momentum")  # Adam's, then LAMB's and SGD's state
 TARGET_GATES = "ifgo"
 PACKINGS = ("gpu", "cpu")
 _FLAT_NAME = re.compile(r"^(?:RNN\.|rnn\.)?(?:lstms\.(\d+)\.weight|weight(\d+)|lstms\.(\d+)\.rnn\.weight)$")
@@ -100,7 +101,7 @@ def read(path: str | Path) -> tuple[dict[str, np.ndarray], dict]:
 
 
 def network_arrays(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Drop optimizer state (Adam moments, powers, step, learning rate); `rnn.` prefixes become `RNN.`
+    """Drop optimizer state (Adam, LAMB or SGD moments, powers, step, learning rate); `rnn.` prefixes become `RNN.`
     (the model zoo's eval.py renames them the same way)."""
     return {("RNN." + k[4:] if k.startswith("rnn.") else k): v for k, v in arrays.items()
             if not k.startswith(OPTIMIZER_PREFIXES)}

@@ -8,7 +8,9 @@ import sys
 from pathlib import Path
 
 from ds2_helpers.cli import at_least, non_negative, positive
-from ds2_helpers.config import ModelConfig
+from ds2_helpers.config import OPTIMIZERS, ModelConfig, TrainConfig
+from ds2_helpers.race import RACE_SCHEDULES
+from ds2_helpers.schedules import DEFAULT_WARMUP_FRACTION, SCHEDULES
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -23,7 +25,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         "learning_rate": args.lr, "mode": args.mode, "seed": args.seed, "save_every": args.save_every,
         "keep_last": args.keep_last, "freeze_conv": args.freeze_conv or None,
         "freeze_rnn_layers": args.freeze_rnn_layers, "dynamic_shapes": False if args.static_shapes else None,
-        "release_memory": args.release_memory}.items()
+        "release_memory": args.release_memory, "optimizer": args.optimizer, "schedule": args.schedule,
+        "warmup_steps": args.warmup_steps, "warmup_fraction": args.warmup_fraction,
+        "schedule_steps": args.schedule_steps}.items()
         if v is not None}
     train_cfg = train_preset(args.preset, **overrides)
     model_cfg = model_preset(args.preset)
@@ -321,20 +325,66 @@ def cmd_onednn(args: argparse.Namespace) -> int:
 
 
 def cmd_race(args: argparse.Namespace) -> int:
-    """Train the mini model and smaller / less-data variants for the same time; CER curves in --out."""
+    """Train contestants for the same time; CER curves in --out. Suites: `models` (the mini model vs smaller
+    ones and less data), `lr-sweep` (each optimizer at a few constant rates), `optimizers` (each optimizer with
+    each schedule at its swept rate; runs the sweep first into --out/sweep unless --rates gives the rates)."""
+    import pandas as pd
+
     from ds2_helpers import race
     from ds2_helpers.dataset import SpeechData
 
-    configs = race.contestants(len(SpeechData(args.train)))
-    if args.only:
-        configs = [c for c in configs if any(w.lower() in c.name.lower() for w in args.only)]
-    curve = race.run(configs, args.train, args.eval, args.out, seconds=args.minutes * 60,
-                     eval_every=args.eval_every, eval_limit=args.eval_limit, mode=args.mode, progress=True)
-    table = race.time_to_target(curve, args.targets)
-    print(table.to_string(index=False))
-    race.curve_chart(curve).savefig(Path(args.out) / "race.png", dpi=120)
-    print(f"wrote {Path(args.out) / 'race.json'} and race.png")
+    def pick(configs):
+        return [c for c in configs if any(w.lower() in c.name.lower() for w in args.only)] if args.only else configs
+
+    common = dict(eval_limit=args.eval_limit, mode=args.mode, progress=True)
+    out = Path(args.out)
+    if args.suite == "models":
+        configs = pick(race.contestants(len(SpeechData(args.train))))
+    else:
+        rates = dict(args.rates or [])
+        if args.suite == "lr-sweep" or not rates:
+            sweep_out = out if args.suite == "lr-sweep" else out / "sweep"
+            minutes = args.minutes if args.suite == "lr-sweep" else args.sweep_minutes
+            print(f"learning-rate sweep: {minutes:g} min per rate, constant schedule -> {sweep_out}", flush=True)
+            best = race.lr_sweep(args.train, args.eval, sweep_out, seconds=minutes * 60, **common)
+            print(pd.DataFrame(best).T.to_string())
+            for opt, row in best.items():
+                if row["at_edge"]:
+                    print(f"warning: {opt}'s best rate {row['learning_rate']:g} is an end of the rates tried "
+                          f"{row['tried']}: the optimum may lie outside them (race.SWEEP_RATES)", file=sys.stderr)
+            if args.suite == "lr-sweep":
+                print(f"wrote {sweep_out / 'race.json'} and sweep.json")
+                return 0
+            rates = {opt: row["learning_rate"] for opt, row in best.items()}
+        configs = pick(race.optimizer_contestants(rates, args.schedules))
+        if args.schedule_steps:
+            from dataclasses import replace
+
+            from ds2_helpers.schedules import is_step_based
+
+            configs = [replace(c, schedule_steps=args.schedule_steps) if is_step_based(c.schedule) else c
+                       for c in configs]
+    # step-based schedules get their length here, so the table below shows it (run would estimate it too)
+    configs, probes = race.with_schedule_steps(configs, args.train, args.minutes * 60, mode=args.mode)
+    curve = race.run(configs, args.train, args.eval, out, seconds=args.minutes * 60, eval_every=args.eval_every,
+                     extra={"suite": args.suite, **({"schedule_probes": probes} if probes else {})}, **common)
+    if args.suite == "models":
+        print(race.time_to_target(curve, args.targets).to_string(index=False))
+        race.curve_chart(curve).savefig(out / "race.png", dpi=120)
+    else:
+        print(race.optimizer_table(curve, configs, args.targets).to_string(index=False))
+        race.optimizer_chart(curve, configs, thresholds=args.targets).savefig(out / "race.png", dpi=120)
+    print(f"wrote {out / 'race.json'} and race.png")
     return 0
+
+
+def optimizer_rate(text: str) -> tuple[str, float]:
+    """argparse type: `OPTIMIZER=RATE` (e.g. `adam=1e-3`), the optimizer one of OPTIMIZERS, the rate above 0."""
+    name, sep, value = text.partition("=")
+    if not sep or name not in OPTIMIZERS:
+        raise argparse.ArgumentTypeError(f"{text!r}: write OPTIMIZER=RATE with OPTIMIZER one of "
+                                         f"{', '.join(OPTIMIZERS)} (e.g. adam=1e-3)")
+    return name, positive(value)
 
 
 DEFAULT_CONV = ModelConfig.conv  # the one default, read from the model config
@@ -348,13 +398,28 @@ def add_commands(sub) -> None:
     p.add_argument("--pretrained", help="weights to start from (1.x checkpoints are converted on the fly)")
     p.add_argument("--epochs", type=at_least(1))
     p.add_argument("--batch-size", type=at_least(1))
-    p.add_argument("--lr", type=positive)
+    p.add_argument("--lr", type=positive, help="learning rate (the peak rate of cosine and onecycle)")
+    p.add_argument("--optimizer", choices=OPTIMIZERS,
+                   help="adam (default), lamb (Adam with a per-layer trust ratio) or sgd (momentum "
+                        f"{TrainConfig.momentum:g})")
+    p.add_argument("--schedule", choices=SCHEDULES,
+                   help="anneal (default: lr / anneal^epoch, set per epoch), constant, cosine (linear warm-up, then "
+                        "cosine to 0) or onecycle (cosine up from lr/25, then down); the last two set the rate "
+                        "every step")
+    p.add_argument("--warmup-steps", type=at_least(0),
+                   help="cosine/onecycle: steps of warm-up (default: "
+                        + ", ".join(f"{share:.0%} of the schedule for {name}"
+                                    for name, share in DEFAULT_WARMUP_FRACTION.items()).replace("%", "%%") + ")")
+    p.add_argument("--warmup-fraction", type=non_negative, help="cosine/onecycle: warm-up as a share of the schedule")
+    p.add_argument("--schedule-steps", type=at_least(1),
+                   help="cosine/onecycle: the schedule's length in steps (default: epochs x batches per epoch)")
     p.add_argument("--mode", choices=["graph", "pynative"])
     p.add_argument("--seed", type=at_least(0))
     p.add_argument("--out", required=True)
     again = p.add_mutually_exclusive_group()
     again.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out "
-                       "(refused when the preset, spectrogram, batching, seed or manifest differ from the checkpoint's)")
+                       "(refused when the preset, spectrogram, batching, seed, manifest, optimizer or schedule differ from the "
+                       "checkpoint's)")
     again.add_argument("--overwrite", action="store_true",
                        help="--out holds an earlier run: delete its checkpoints and metrics and start again")
     p.add_argument("--allow-changes", action="store_true",
@@ -468,7 +533,22 @@ def add_commands(sub) -> None:
     p.add_argument("--out", default="runs/onednn.json")
     p.set_defaults(func=cmd_onednn)
 
-    p = sub.add_parser("race", help="time to CER: mini model vs smaller models and less data (notebook 07)")
+    p = sub.add_parser("race", help="time to CER: mini model vs smaller models and less data, or optimizers and "
+                       "learning-rate schedules (notebook 07)")
+    p.add_argument("--suite", choices=["models", "optimizers", "lr-sweep"], default="models",
+                   help="models (default): the mini model, smaller ones, half the data; lr-sweep: each optimizer "
+                        "at a few constant rates (race.SWEEP_RATES) for --minutes; optimizers: each optimizer with "
+                        "each of --schedules at its swept rate (sweeps first unless --rates)")
+    p.add_argument("--rates", type=optimizer_rate, nargs="+", metavar="OPTIMIZER=RATE",
+                   help="--suite optimizers: the tuned rates (e.g. adam=1e-3 lamb=3e-3 sgd=3e-4) instead of a sweep")
+    p.add_argument("--sweep-minutes", type=positive, default=4.0,
+                   help="--suite optimizers without --rates: training minutes per swept rate (long enough for "
+                        "the CER to leave 1.0: see the curves in data/race_reference_2core.json)")
+    p.add_argument("--schedules", choices=SCHEDULES, nargs="+", default=list(RACE_SCHEDULES),
+                   help="--suite optimizers: the schedules each optimizer races with")
+    p.add_argument("--schedule-steps", type=at_least(1),
+                   help="length of the cosine/onecycle schedules in steps (default: estimated from --minutes and "
+                        "a few timed steps, race.estimate_schedule_steps)")
     p.add_argument("--train", required=True, help="training manifest (the mini corpus's train.csv)")
     p.add_argument("--eval", required=True, help="held-out manifest (the mini corpus's dev.csv)")
     p.add_argument("--minutes", type=positive, default=8.0, help="training time per contestant")

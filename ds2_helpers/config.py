@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
+OPTIMIZERS = ("adam", "lamb", "sgd")
+"""`TrainConfig.optimizer`: Adam (the model zoo's), LAMB (Adam with a per-layer trust ratio), SGD with momentum."""
 WINDOW_ALIASES = {"hanning": "hann", "hann": "hann", "hamming": "hamming", "blackman": "blackman", "bartlett": "bartlett"}
 
 
@@ -110,8 +112,18 @@ class TrainConfig:
     freeze_conv: bool = False
     freeze_rnn_layers: int = 0
     log_every: int = 1
+    # The update rule and the rate at each step (ds2_helpers.optimizers, ds2_helpers.schedules). The defaults are
+    # what training did before these fields existed: Adam, lr / anneal^epoch set once per epoch.
+    optimizer: str = "adam"              # "adam", "lamb" or "sgd" (with momentum)
+    momentum: float = 0.9                # sgd only
+    nesterov: bool = False               # sgd only: Nesterov momentum
+    schedule: str = "anneal"             # "anneal" (per epoch), "constant", "cosine" (warm-up + cosine), "onecycle"
+    warmup_steps: int | None = None      # cosine/onecycle: warm-up steps; None: warmup_fraction of the schedule
+    warmup_fraction: float | None = None  # None: schedules.DEFAULT_WARMUP_FRACTION (0.05 cosine, 0.3 onecycle)
+    schedule_steps: int | None = None    # cosine/onecycle length in steps; None: epochs x batches per epoch
 
     def __post_init__(self) -> None:
+        self._check_optimizer()
         if self.mode.lower() not in ("graph", "pynative"):
             raise ParameterError(f"mode {self.mode!r}: use 'graph' or 'pynative'")
         if self.batch_size < 1:
@@ -133,6 +145,37 @@ class TrainConfig:
             raise ParameterError(f"release_memory {self.release_memory!r}: use 'auto', 'always' or 'never'")
         if self.batch_seconds is not None and self.batch_seconds <= 0:
             raise ParameterError(f"batch seconds {self.batch_seconds}: use a positive number of padded audio seconds")
+
+    def _check_optimizer(self) -> None:
+        """The optimizer and schedule fields, each refusal naming the fix."""
+        from ds2_helpers.schedules import SCHEDULES, STEP_BASED
+
+        if self.optimizer not in OPTIMIZERS:
+            raise ParameterError(f"optimizer {self.optimizer!r}: use one of {', '.join(OPTIMIZERS)}")
+        if self.schedule not in SCHEDULES:
+            raise ParameterError(f"schedule {self.schedule!r}: use one of {', '.join(SCHEDULES)}")
+        if not 0 <= self.momentum < 1:
+            raise ParameterError(f"momentum {self.momentum}: use a number in [0, 1) (0.9 is usual)")
+        if self.nesterov and not self.momentum > 0:
+            raise ParameterError("nesterov needs a momentum above 0")
+        step_based = {"warmup_steps": self.warmup_steps, "warmup_fraction": self.warmup_fraction,
+                      "schedule_steps": self.schedule_steps}
+        given = [k for k, v in step_based.items() if v is not None]
+        if given and self.schedule not in STEP_BASED:
+            raise ParameterError(f"{', '.join(given)}: only the step-based schedules ({', '.join(STEP_BASED)}) use "
+                                 f"them, schedule {self.schedule!r} would ignore them; choose one of those or drop "
+                                 "them")
+        if self.warmup_steps is not None and self.warmup_fraction is not None:
+            raise ParameterError("give warmup_steps or warmup_fraction, not both")
+        if self.warmup_steps is not None and self.warmup_steps < 0:
+            raise ParameterError(f"warmup steps {self.warmup_steps}: use 0 (no warm-up) or more")
+        if self.warmup_fraction is not None and not 0 <= self.warmup_fraction < 1:
+            raise ParameterError(f"warmup fraction {self.warmup_fraction}: use a share of the schedule in [0, 1)")
+        if self.schedule_steps is not None and self.schedule_steps < 1:
+            raise ParameterError(f"schedule steps {self.schedule_steps}: use 1 or more")
+        if None not in (self.warmup_steps, self.schedule_steps) and self.warmup_steps >= self.schedule_steps:
+            raise ParameterError(f"warmup steps {self.warmup_steps} >= schedule steps {self.schedule_steps}: the "
+                                 "warm-up must end before the schedule does")
 
 
 MODEL_PRESETS: dict[str, ModelConfig] = {

@@ -21,6 +21,11 @@ RUN_PATTERNS = ("ds2-step*.ckpt", "ds2-step*.ckpt.corrupt", "final*.ckpt", "metr
 IGNORED = ("logs",)  # msrun's --log_dir may sit inside the run folder before the workers start
 TRAIN_KEYS = ("batch_size", "batch_seconds", "seed", "sortagrad")
 """TrainConfig fields that decide which utterances make each step: a resume must keep them."""
+UPDATE_KEYS = ("optimizer", "schedule", "warmup_steps", "warmup_fraction", "schedule_steps")
+"""TrainConfig fields that decide the update rule and the rate of each step: a resume must keep them too. A
+checkpoint written before they existed was trained with their defaults (Adam, the per-epoch anneal)."""
+SGD_KEYS = ("momentum", "nesterov")
+"""Compared only when both runs use SGD (Adam and LAMB ignore them)."""
 
 
 class RunFolderError(ValueError):
@@ -84,8 +89,20 @@ def identity(model: dict, train: dict, spect: dict, data: dict) -> dict[str, Any
     ident = {f"model.{k}": v for k, v in model.items() if k != "conv"}
     ident.update({f"spect.{k}": v for k, v in spect.items()})
     ident.update({f"train.{k}": train.get(k) for k in TRAIN_KEYS})
+    defaults = _train_defaults()
+    keys = UPDATE_KEYS + (SGD_KEYS if train.get("optimizer") == "sgd" else ())
+    ident.update({f"train.{k}": train.get(k, defaults[k]) for k in keys})
     ident.update({f"data.{k}": v for k, v in data.items()})
     return ident
+
+
+def _train_defaults() -> dict[str, Any]:
+    """TrainConfig's defaults: what a checkpoint that lacks a newer field was trained with."""
+    from dataclasses import fields
+
+    from ds2_helpers.config import TrainConfig
+
+    return {f.name: f.default for f in fields(TrainConfig)}
 
 
 def differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:

@@ -1,4 +1,5 @@
-"""Training: CTC loss, Adam with weight decay, per-epoch annealing, clipping, checkpoints, resume, data parallel."""
+"""Training: CTC loss, Adam (or LAMB, SGD) with weight decay, a learning-rate schedule, clipping, checkpoints,
+resume, data parallel."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from ds2_helpers.config import ModelConfig, SpectConfig, TrainConfig, to_dict
 from ds2_helpers.dataset import Batch, SpeechData, make_batches, padded_seconds, shard
 from ds2_helpers.labels import BLANK_INDEX
 from ds2_helpers.model import DeepSpeech2, freeze
+from ds2_helpers.optimizers import build_optimizer, set_learning_rate
+from ds2_helpers.schedules import annealed_lr as _annealed_lr, is_step_based, lr_at
 from ds2_helpers.train_log import EpochProgress, MetricsLog, metrics_row
 
 
@@ -65,7 +68,7 @@ class _Float32Out(nn.Cell):
 
 
 class TrainStep(nn.Cell):
-    """One optimisation step: loss and gradients, all-reduce (data parallel), global-norm clipping, Adam."""
+    """One optimisation step: loss and gradients, all-reduce (data parallel), global-norm clipping, the update."""
 
     def __init__(self, loss_net: CTCLossNet, optimizer: nn.Optimizer, max_grad_norm: float, world: int = 1):
         super().__init__(auto_prefix=False)
@@ -122,9 +125,7 @@ def resident_gb() -> float:
         return 0.0
 
 
-def annealed_lr(cfg: TrainConfig, epoch: int) -> float:
-    """The model zoo's schedule, actually applied: lr / anneal^epoch."""
-    return cfg.learning_rate / (cfg.learning_anneal ** epoch)
+annealed_lr = _annealed_lr  # the per-epoch anneal, importable from here as before (schedules.lr_at's "anneal")
 
 
 @dataclass
@@ -160,9 +161,7 @@ class Trainer:
         self.pretrained_meta = ckpt.load_into(self.net, pretrained) if pretrained else None
         self.frozen = freeze(self.net, conv=train_cfg.freeze_conv, rnn_layers=train_cfg.freeze_rnn_layers)
         self.loss_net = CTCLossNet(self._with_amp(self.net, amp))
-        lr = ms.Tensor(np.float32(train_cfg.learning_rate))
-        self.optimizer = nn.Adam(self.net.trainable_params(), learning_rate=lr, beta1=train_cfg.betas[0],
-                                 beta2=train_cfg.betas[1], eps=train_cfg.eps, weight_decay=train_cfg.weight_decay)
+        self.optimizer = build_optimizer(train_cfg, self.net.trainable_params())
         self.step_cell = TrainStep(self.loss_net, self.optimizer, train_cfg.max_grad_norm, world)
         if train_cfg.dynamic_shapes and train_cfg.mode.lower() == "graph":
             self.step_cell.set_inputs(*dynamic_inputs(model_cfg.n_bins))
@@ -172,6 +171,7 @@ class Trainer:
         self.resumed_from: Path | None = None
         self.resumed_meta: dict = {}
         self._saved_step: int | None = None
+        self.steps_total: int | None = None  # a step-based schedule's length (fit sets it)
 
     @staticmethod
     def _with_amp(net: DeepSpeech2, amp: str | None) -> nn.Cell:
@@ -201,7 +201,7 @@ class Trainer:
                 p.set_data(allreduce(p.value()) / self.world)
 
     def save(self, path: str | Path | None = None) -> Path:
-        """Atomic checkpoint with weights, Adam state and TrainState; prunes to the last k."""
+        """Atomic checkpoint with weights, optimizer state and TrainState; prunes to the last k."""
         path = Path(path) if path else self.out / f"ds2-step{self.state.global_step:07d}.ckpt"
         meta = {"state": {k: v for k, v in self.state.__dict__.items() if k != "history"},
                 "model": to_dict(self.model_cfg), "train": to_dict(self.cfg), "spect": to_dict(self.spect),
@@ -242,6 +242,16 @@ class Trainer:
             raise ckpt.CheckpointError(f"{path}: has no training state to resume from; use --pretrained for "
                                        "weights-only checkpoints")
         own = {p["name"]: p for p in self._params()}
+        saved_optimizer = meta.get("train", {}).get("optimizer", "adam")  # older checkpoints: Adam
+        if saved_optimizer != self.cfg.optimizer:
+            # another update rule: its state means nothing here, the weights and position carry over (the CLI
+            # refuses this unless --allow-changes: run_folder.identity)
+            import sys
+
+            network = {p.name for p in self.net.get_parameters()}
+            own = {n: p for n, p in own.items() if n in network}
+            print(f"warning: {path} was trained with {saved_optimizer}, this run uses {self.cfg.optimizer}: "
+                  "weights and position resumed, optimizer state starts afresh", file=sys.stderr, flush=True)
         missing = [n for n in own if n not in arrays]
         if missing:
             from ds2_helpers.run_folder import differences
@@ -281,18 +291,28 @@ class Trainer:
             self._rss_floor = self.rss_gb
         return loss
 
+    def schedule_length(self, data: SpeechData, epochs: int, pad_multiple: int = 64) -> int | None:
+        """Steps of a step-based schedule: `schedule_steps`, else epochs x this rank's batches per epoch
+        (None for the per-epoch schedules, which need no length)."""
+        if not is_step_based(self.cfg.schedule):
+            return None
+        return self.cfg.schedule_steps or epochs * len(self.epoch_batches(data, 0, pad_multiple))
+
     def fit(self, data: SpeechData, *, epochs: int | None = None, max_steps: int | None = None,
             pad_multiple: int = 64, label_multiple: int = 32, fixed_frames: int | None = None,
             callback=None, progress: bool = True, checkpoint_at_stop: bool = False) -> TrainState:
         """Train until `epochs` are done or `max_steps` global steps; checkpoints every `save_every` steps and
         after each epoch; `checkpoint_at_stop`: also where `max_steps` stops it (so a resume starts there)."""
         epochs = epochs or self.cfg.epochs
+        self.steps_total = self.schedule_length(data, epochs, pad_multiple)
+        per_step = self.steps_total is not None
         log_path = self.out / ("metrics.csv" if self.world == 1 else f"metrics.rank{self.rank}.csv")
         with MetricsLog(log_path, until_step=self.state.global_step) as log:
             while self.state.epoch < epochs:
                 epoch = self.state.epoch
-                lr = annealed_lr(self.cfg, epoch)
-                self.optimizer.learning_rate.set_data(ms.Tensor(np.float32(lr)))
+                if not per_step:  # "anneal" / "constant": one rate per epoch, set before its first step
+                    lr = lr_at(self.cfg, self.state.global_step, epoch)
+                    set_learning_rate(self.optimizer, lr)
                 batches = self.epoch_batches(data, epoch, pad_multiple)
                 shown = EpochProgress(epoch, epochs, len(batches), self.state.step_in_epoch,
                                       enabled=progress and self.rank == 0, log_every=self.cfg.log_every)
@@ -305,6 +325,9 @@ class Trainer:
                         return self.state
                     batch = data.batch(batches[k], pad_multiple=pad_multiple, label_multiple=label_multiple,
                                        fixed_frames=fixed_frames)
+                    if per_step:
+                        lr = lr_at(self.cfg, self.state.global_step, epoch, self.steps_total)
+                        set_learning_rate(self.optimizer, lr)
                     t0 = time.perf_counter()
                     loss = self.step(batch)
                     dt = time.perf_counter() - t0

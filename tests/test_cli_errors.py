@@ -61,6 +61,9 @@ REFUSED = [  # (case, extra train arguments, words the one error line must conta
     ("resume with another seed and window", ["--resume", "--seed", "5", "--window", "hann"],
      ["spect.window: checkpoint 'hamming', now 'hann'", "train.seed"]),
     ("resume on another part of the manifest", ["--resume", "--limit", "6"], ["data.limit: checkpoint 8, now 6"]),
+    ("resume with another optimizer and schedule", ["--resume", "--optimizer", "lamb", "--schedule", "cosine"],
+     ["train.optimizer: checkpoint 'adam', now 'lamb'", "train.schedule: checkpoint 'anneal', now 'cosine'",
+      "--allow-changes"]),
 ]
 
 
@@ -117,6 +120,12 @@ BAD_ARGUMENTS = [  # refused by the argument parser before any work: exit 2, the
     (["--lr", "inf"], "argument --lr: inf is not allowed"),
     (["--seed", "-1"], "argument --seed: -1 is too small"),
     (["--resume", "--overwrite"], "argument --overwrite: not allowed with argument --resume"),
+    (["--optimizer", "adagrad"], "argument --optimizer: invalid choice: 'adagrad'"),
+    (["--schedule", "linear"], "argument --schedule: invalid choice: 'linear'"),
+    (["--warmup-steps", "-1"], "argument --warmup-steps: -1 is too small"),
+    (["--schedule-steps", "0"], "argument --schedule-steps: 0 is too small"),
+    (["--warmup-steps", "5"], "warmup_steps: only the step-based schedules (cosine, onecycle) use them"),
+    (["--schedule", "cosine", "--warmup-steps", "9", "--schedule-steps", "9"], "warm-up must end before"),
 ]
 
 
@@ -309,3 +318,19 @@ def test_resuming_an_evaluation_of_another_checkpoint_or_after_a_cut_row(tiny_co
 
     rows = pd.read_csv(results, keep_default_na=False)
     assert len(rows) == 4 and rows.utterance_id.is_unique and (rows.hypothesis.str.len() > 0).all()
+
+
+RACE_BAD = [
+    (["--suite", "optimizers", "--rates", "adam=0"], "argument --rates: 0 is not allowed"),
+    (["--suite", "optimizers", "--rates", "adagrad=1e-3"], "write OPTIMIZER=RATE with OPTIMIZER one of adam, lamb"),
+    (["--suite", "speed"], "argument --suite: invalid choice: 'speed'"),
+    (["--suite", "optimizers", "--schedules", "linear"], "argument --schedules: invalid choice: 'linear'"),
+]
+
+
+@pytest.mark.parametrize("extra,words", RACE_BAD, ids=[" ".join(c[0]) for c in RACE_BAD])
+def test_race_refuses_bad_suites_and_rates(extra, words, tiny_corpus, tmp_path, capsys):
+    code, _, err = run(capsys, "race", "--train", tiny_corpus / "train.csv", "--eval", tiny_corpus / "dev.csv",
+                       "--out", tmp_path / "race", *extra)
+    assert code == 2 and words in err and err.strip().splitlines()[-1].startswith("error: ")
+    assert not (tmp_path / "race").exists()

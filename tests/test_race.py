@@ -65,3 +65,77 @@ def test_race_trains_for_the_budget_and_scores_held_out_speakers(tiny_corpus, tm
     assert (one["utterances"], full["utterances"]) == (min(24, available), available)
     saved = json.loads((tmp_path / "race.json").read_text())
     assert saved["curve"] == json.loads(json.dumps(curve))
+
+
+# ---- optimizers and schedules as contestants (issue 12) ----------------------------------------------------------
+def test_optimizer_table_ranks_by_minutes_to_the_strictest_target():
+    configs = [race.RaceConfig("adam"), race.RaceConfig("lamb", optimizer="lamb", schedule="cosine",
+                                                          learning_rate=1e-2, schedule_steps=300),
+               race.RaceConfig("sgd", optimizer="sgd", schedule="constant", learning_rate=1e-3)]
+    curve = (_curve("adam", [0.9, 0.5, 0.35, 0.25, 0.19]) + _curve("lamb", [0.8, 0.38, 0.18, 0.15])
+             + _curve("sgd", [0.95, 0.7, 0.45]))
+    table = race.optimizer_table(curve, configs, targets=(0.4, 0.2))
+    assert list(table.name) == ["lamb", "adam", "sgd"] and list(table["rank"]) == [1, 2, 3]
+    lamb, adam, sgd = (table.set_index("name").loc[n] for n in ("lamb", "adam", "sgd"))
+    assert (lamb["minutes_to_cer_0.4"], lamb["minutes_to_cer_0.2"]) == pytest.approx((2.0, 3.0))
+    assert (adam["minutes_to_cer_0.4"], adam["minutes_to_cer_0.2"]) == pytest.approx((3.0, 5.0))
+    assert math.isnan(sgd["minutes_to_cer_0.4"]) and math.isnan(sgd["minutes_to_cer_0.2"])  # never reached
+    assert sgd.best_cer == pytest.approx(0.45) and lamb.schedule == "cosine" and lamb.learning_rate == 1e-2
+
+
+def test_best_rates_take_the_lowest_final_cer_and_flag_the_edges():
+    configs = race.sweep_contestants({"adam": (1e-4, 1e-3, 1e-2), "sgd": (1e-3, 1e-2)})
+    assert [c.schedule for c in configs] == ["constant"] * 5
+    final = {"adam, constant, lr 0.0001": 0.8, "adam, constant, lr 0.001": 0.5, "adam, constant, lr 0.01": 0.9,
+             "sgd, constant, lr 0.001": 1.0, "sgd, constant, lr 0.01": 1.0}
+    loss = {"sgd, constant, lr 0.001": 150.0, "sgd, constant, lr 0.01": 120.0}
+    curve = [dict(_curve(name, [1.0, cer])[k], loss=loss.get(name, 50.0)) for name, cer in final.items()
+             for k in range(2)]
+    best = race.best_rates(curve, configs)
+    assert best["adam"]["learning_rate"] == 1e-3 and not best["adam"]["at_edge"]
+    assert best["sgd"]["learning_rate"] == 1e-2 and best["sgd"]["at_edge"]  # CER tied at 1.0: the lower loss
+
+
+def test_optimizer_contestants_cross_optimizers_with_schedules():
+    configs = race.optimizer_contestants({"sgd": 3e-4, "adam": 3e-3, "lamb": 1e-2})
+    assert configs[0].name.startswith("today") and configs[0].model_config() == race.RaceConfig("x").model_config()
+    assert configs[0].train_overrides() == {"optimizer": "adam", "schedule": "anneal", "learning_rate": 1e-3}
+    grid = configs[1:]
+    assert len(grid) == 9 and (grid[0].optimizer, grid[0].schedule) == ("adam", "anneal")
+    assert {(c.optimizer, c.schedule) for c in grid} == {(o, s) for o in ("adam", "lamb", "sgd")
+                                                         for s in race.RACE_SCHEDULES}
+    assert all(c.learning_rate == {"sgd": 3e-4, "adam": 3e-3, "lamb": 1e-2}[c.optimizer] for c in grid)
+    assert len(race.optimizer_contestants({"adam": 1e-3})) == 3  # the tuned rate is today's: no extra run
+    assert race.RaceConfig("default").train_overrides() == {"optimizer": "adam", "schedule": "anneal"}
+
+
+def test_step_based_schedules_get_one_estimated_length_per_model(monkeypatch, tmp_path):
+    calls = []
+
+    def fake(cfg, manifest, seconds, **kwargs):
+        calls.append(cfg.name)
+        return {"steps": int(seconds), "first_seconds": 1.0, "step_seconds": 1.0}
+
+    monkeypatch.setattr(race, "estimate_schedule_steps", fake)
+    configs = [race.RaceConfig("a"), race.RaceConfig("b", schedule="cosine"),
+               race.RaceConfig("c", optimizer="sgd", schedule="onecycle"),
+               race.RaceConfig("d", schedule="cosine", schedule_steps=7)]
+    done, probes = race.with_schedule_steps(configs, tmp_path / "train.csv", 120.0)
+    assert [c.schedule_steps for c in done] == [None, 120, 120, 7] and calls == ["b"] and len(probes) == 1
+    from ds2_helpers.config import ParameterError
+
+    with pytest.raises(ParameterError, match="needs schedule_steps"):
+        race.race_one(configs[1], tmp_path / "train.csv", tmp_path / "dev.csv", tmp_path, seconds=1, eval_every=1)
+
+
+def test_optimizer_chart_draws_the_targets_dashed():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    configs = [race.RaceConfig("adam"), race.RaceConfig("sgd", optimizer="sgd", schedule="constant")]
+    fig = race.optimizer_chart(_curve("adam", [0.9, 0.5]) + _curve("sgd", [0.95, 0.7]), configs)
+    ax = fig.axes[0]
+    dashed = sorted(line.get_ydata()[0] for line in ax.get_lines() if line.get_linestyle() == "--")
+    assert dashed == [0.2, 0.4]
+    styles = {line.get_label(): line.get_linestyle() for line in ax.get_lines()}
+    assert styles["adam"] == "-" and styles["sgd"] == ":"
