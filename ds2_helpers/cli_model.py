@@ -304,8 +304,25 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from ds2_helpers.bench import Suite, write_results
     from ds2_helpers.experiments import experiments
 
-    configs = experiments(quick=args.quick, only=args.only)
-    suite = Suite(configs, steps=args.steps or (2 if args.quick else 3), warmup=1)
+    if args.inference:
+        from ds2_helpers import inference_bench
+
+        configs = [c for c in inference_bench.suite(args.presets, quick=args.quick)
+                   if not args.only or any(word in c.name for word in args.only)]
+        run = inference_bench.run_suite(configs)
+        print(inference_bench.table(run).to_string(index=False))
+        files = inference_bench.write(run, args.out)
+        print("wrote", ", ".join(str(p) for p in files.values()))
+        return 0
+    if args.demo:
+        from ds2_helpers.bench import load_reference
+        from ds2_helpers.experiments import demo
+        from ds2_helpers.paths import data_dir
+
+        configs = demo(load_reference(data_dir() / "bench_reference_2core.json"))
+    else:
+        configs = experiments(quick=args.quick, only=args.only)
+    suite = Suite(configs, steps=args.steps or (2 if args.quick else 1 if args.demo else 3), warmup=1)
     files = write_results(suite.run(), args.out)
     print("wrote", ", ".join(str(p) for p in files.values()))
     return 0
@@ -517,8 +534,17 @@ def add_commands(sub) -> None:
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("bench", help="time training configurations side by side (notebook 07)")
+    p = sub.add_parser("bench", help="time training (notebook 07) or inference (--inference, notebook 06) "
+                                     "configurations side by side")
     p.add_argument("--quick", action="store_true", help="small shapes, few steps (CI)")
+    p.add_argument("--demo", action="store_true",
+                   help="notebook 07's default: the paper model, 12.7 s utterances, the four configurations that answer "
+                        "the course's question, one timed step each (about 10 minutes on 2 cores)")
+    p.add_argument("--inference", action="store_true",
+                   help="real-time factor of batch-1 (graph, PyNative, MindIR) and evaluate-sized inference against "
+                        "the machine's roofline, instead of training steps")
+    p.add_argument("--presets", nargs="+", choices=["paper", "mini"], default=["paper", "mini"],
+                   help="with --inference: the models to measure")
     p.add_argument("--only", nargs="*", help="run only experiments whose name contains one of these words")
     p.add_argument("--steps", type=at_least(1))
     p.add_argument("--out", default="runs/bench")

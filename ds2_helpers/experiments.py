@@ -69,3 +69,30 @@ def experiments(quick: bool = False, only: list[str] | None = None, manifest=Non
     if only:
         configs = [configs[0]] + [c for c in configs[1:] if any(w.lower() in c.name.lower() for w in only)]
     return configs
+
+
+def largest_fitting_batch(reference: dict | None, memory_gb: float | None = None, *,
+                          candidates: tuple[int, ...] = (16, 8, 4, 2, 1)) -> int:
+    """The largest batch of 12.7 s utterances whose peak memory in the reference run (`bench`'s length-sorted
+    rows) fits this machine's available memory less `plan`'s headroom; batch 1 if none is known to fit."""
+    from ds2_helpers.plan import HEADROOM, available_memory_gb
+
+    budget = (available_memory_gb() if memory_gb is None else memory_gb) * (1 - HEADROOM)
+    peaks = {r["batch_size"]: r["peak_rss_mb"] / 1024 for r in (reference or {}).get("results", [])
+             if r.get("preset") == "paper" and r.get("kind") == "step" and not r.get("fixed_frames")
+             and not r.get("error") and r.get("peak_rss_mb")}
+    return next((b for b in candidates if b in peaks and peaks[b] <= budget), 1)
+
+
+def demo(reference: dict | None = None, memory_gb: float | None = None) -> list[BenchConfig]:
+    """Notebook 07's default: the paper model on 12.7 s utterances, only the configurations that answer the
+    course's question - the course's own, PyNative instead of Graph, length-sorted batches at the largest batch
+    that fits this machine's memory, and the lower layers frozen at that batch."""
+    course = course_config()
+    batch = largest_fitting_batch(reference, memory_gb)
+    best = replace(course, name=f"combined: graph, batch {batch}, sorted, Conv2d", fixed_frames=None,
+                   batch_size=batch, kind="step")
+    return [course, replace(course, name="pynative mode", mode="pynative", kind="contrast"),
+            replace(best, name="transfer: conv + lower RNN layers frozen", freeze_conv=True, kind="other model",
+                    freeze_rnn_layers=max(0, best.model_config().hidden_layers - 2)),
+            best]

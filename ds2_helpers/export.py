@@ -125,11 +125,3 @@ def checkpoint_log_probs(net: DeepSpeech2, spect: np.ndarray) -> np.ndarray:
 def file_sizes(*paths: str | Path) -> dict[str, float]:
     """MB per file, for the notebook's size table."""
     return {Path(p).name: round(Path(p).stat().st_size / 1e6, 2) for p in paths}
-
-
-
-
-def try_dynamic_export(net: DeepSpeech2, out: str | Path) -> tuple[bool, str]:
-    """Attempt a MindIR with a dynamic time axis; (True, path) or (False, MindSpore's first line of refusal)."""
-    x = ms.Tensor(shape=[1, 1, net.cfg.n_bins, None], dtype=ms.float32)
-    return _attempt_export(net, out, x, ms.Tensor(shape=[1], dtype=ms.int32), "MINDIR")

@@ -49,3 +49,20 @@ def test_onnx_is_attempted_and_the_refusal_names_the_operator(net, tmp_path):
     op = re.search(r"Exporting (\w+) operator is not yet supported", message)
     assert op, message
     assert f"no ONNX converter for `{op.group(1)}`" in repo_path("README.md").read_text()
+
+
+def test_default_export_takes_any_length(net, tmp_path):
+    """The default MindIR has a free time axis (batch 1): utterances of different lengths run unpadded and give
+    the checkpoint's numbers; its sidecar says so (frames null)."""
+    import json
+
+    path = export_mindir(net, tmp_path / "any.mindir")
+    assert json.loads((tmp_path / "any.mindir.json").read_text())["frames"] is None
+    exported = ExportedModel(path)
+    rng = np.random.default_rng(3)
+    for frames in (120, 757):
+        spect = rng.standard_normal((161, frames)).astype(np.float32)
+        ms.set_context(mode=ms.PYNATIVE_MODE)
+        ours, ref = exported(spect), checkpoint_log_probs(net, spect)
+        assert ours.shape == ((frames - 1) // 2 + 1, 29)
+        np.testing.assert_allclose(ours, ref, atol=1e-4)
