@@ -8,7 +8,18 @@ import sys
 from pathlib import Path
 
 from ds2_helpers.cli import at_least, non_negative, positive
-from ds2_helpers.config import ModelConfig
+from ds2_helpers.config import AUGMENT_KINDS, AugmentConfig, ModelConfig, ParameterError
+
+
+def augment_kinds(text: str) -> AugmentConfig:
+    """argparse type: a comma-separated list of augmentation kinds ("none" or "": off) -> AugmentConfig."""
+    try:
+        return AugmentConfig.of("" if text.strip().lower() == "none" else text)
+    except ParameterError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("augment ")) from None
+
+
+augment_kinds.__name__ = "augmentation list"
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -23,7 +34,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         "learning_rate": args.lr, "mode": args.mode, "seed": args.seed, "save_every": args.save_every,
         "keep_last": args.keep_last, "freeze_conv": args.freeze_conv or None,
         "freeze_rnn_layers": args.freeze_rnn_layers, "dynamic_shapes": False if args.static_shapes else None,
-        "release_memory": args.release_memory}.items()
+        "release_memory": args.release_memory, "augment": args.augment}.items()
         if v is not None}
     train_cfg = train_preset(args.preset, **overrides)
     model_cfg = model_preset(args.preset)
@@ -84,6 +95,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"training {args.preset} on {len(data)} utterances "
               f"({f'{total / 3600:.2f} h' if total >= 360 else f'{total / 60:.1f} min'} of audio), "
               f"{batching}, {train_cfg.epochs} epoch(s), {train_cfg.mode} mode, "
+              f"augmentation: {', '.join(train_cfg.augment.kinds) or 'none'}, "
               f"rank {trainer.rank}/{trainer.world} -> {out}", flush=True)
     trainer.fit(data, max_steps=args.max_steps, pad_multiple=args.pad_multiple, checkpoint_at_stop=True)
     if trainer.world > 1:
@@ -111,7 +123,8 @@ def _preflight(args: argparse.Namespace, train_cfg, spect, data) -> None:
     from ds2_helpers.train import epoch_batches
 
     batches = epoch_batches(train_cfg, spect, data, 0, pad_multiple=args.pad_multiple)
-    frames = [n_frames(int(round(d * spect.sample_rate)), spect) for d in data.durations]
+    stretch = train_cfg.augment.max_stretch  # speed perturbation at 0.9 makes the audio 1/0.9 as long
+    frames = [n_frames(int(round(d * stretch * spect.sample_rate)), spect) for d in data.durations]
     batch, padded = largest_batch(batches, frames, args.pad_multiple)
     print(f"preflight: one step of the largest batch ({batch} x {padded / 100:.1f} s) ...", flush=True)
     result = preflight(args.preset, batch, padded, conv=args.conv, mode=train_cfg.mode, freeze_conv=train_cfg.freeze_conv,
@@ -313,17 +326,28 @@ def cmd_onednn(args: argparse.Namespace) -> int:
 
 
 def cmd_race(args: argparse.Namespace) -> int:
-    """Train the mini model and smaller / less-data variants for the same time; CER curves in --out."""
+    """Train the mini model and smaller / less-data variants (or without / with augmentation) for the same time;
+    CER curves in --out, and the --score manifests' CER after the budget."""
     from ds2_helpers import race
     from ds2_helpers.dataset import SpeechData
 
-    configs = race.contestants(len(SpeechData(args.train)))
+    score = {}
+    for item in args.score or []:
+        name, sep, manifest = item.partition("=")
+        if not sep or not name or not Path(manifest).is_file():
+            raise ParameterError(f"--score {item!r}: give NAME=MANIFEST with an existing manifest, e.g. "
+                                 "unseen=corpora/unseen/test.csv (`minicorpus --unseen-voices --out corpora/unseen`)")
+        score[name] = manifest
+    configs = race.CONTESTANTS[args.contestants](len(SpeechData(args.train)))
     if args.only:
         configs = [c for c in configs if any(w.lower() in c.name.lower() for w in args.only)]
     curve = race.run(configs, args.train, args.eval, args.out, seconds=args.minutes * 60,
-                     eval_every=args.eval_every, eval_limit=args.eval_limit, mode=args.mode, progress=True)
+                     eval_every=args.eval_every, eval_limit=args.eval_limit, mode=args.mode, progress=True,
+                     score=score)
     table = race.time_to_target(curve, args.targets)
     print(table.to_string(index=False))
+    if score:
+        print(race.final_scores(curve).to_string(index=False))
     race.curve_chart(curve).savefig(Path(args.out) / "race.png", dpi=120)
     print(f"wrote {Path(args.out) / 'race.json'} and race.png")
     return 0
@@ -346,7 +370,8 @@ def add_commands(sub) -> None:
     p.add_argument("--out", required=True)
     again = p.add_mutually_exclusive_group()
     again.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out "
-                       "(refused when the preset, spectrogram, batching, seed or manifest differ from the checkpoint's)")
+                       "(refused when the preset, spectrogram, batching, seed, augmentation or manifest differ from the "
+                       "checkpoint's)")
     again.add_argument("--overwrite", action="store_true",
                        help="--out holds an earlier run: delete its checkpoints and metrics and start again")
     p.add_argument("--allow-changes", action="store_true",
@@ -382,6 +407,14 @@ def add_commands(sub) -> None:
                    help="periodic window as librosa makes from a window name (the zoo's and the pretrained "
                         "checkpoints'); --no-periodic-window: the symmetric scipy.signal.windows one")
     p.add_argument("--weights-out", help="write the final weights-only checkpoint here instead of --out/final.ckpt")
+    p.add_argument("--augment", type=augment_kinds, metavar="KINDS",
+                   help=f"data augmentation in training (never in evaluation), a comma-separated list of "
+                        f"{', '.join(AUGMENT_KINDS)}: speed = speed perturbation 0.9/1.0/1.1 by resampling, "
+                        "gain = volume -6..+6 dB, noise = white noise at 10..30 dB SNR on half the utterances, "
+                        "specaugment = 2 frequency masks of up to 27 bins and 2 time masks of up to 100 frames; "
+                        "default none. Deterministic in seed, epoch and utterance, so --resume repeats it (and "
+                        "refuses other augmentation). Python: TrainConfig(augment=AugmentConfig(...)) for other "
+                        "parameters")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("rehearse", help="rehearse the real job on a LibriSpeech-shaped synthetic corpus")
@@ -457,7 +490,8 @@ def add_commands(sub) -> None:
     p.add_argument("--out", default="runs/onednn.json")
     p.set_defaults(func=cmd_onednn)
 
-    p = sub.add_parser("race", help="time to CER: mini model vs smaller models and less data (notebook 07)")
+    p = sub.add_parser("race", help="time to CER: mini model vs smaller models and less data (notebook 07), or "
+                                    "without vs with augmentation")
     p.add_argument("--train", required=True, help="training manifest (the mini corpus's train.csv)")
     p.add_argument("--eval", required=True, help="held-out manifest (the mini corpus's dev.csv)")
     p.add_argument("--minutes", type=positive, default=8.0, help="training time per contestant")
@@ -466,6 +500,12 @@ def add_commands(sub) -> None:
     p.add_argument("--targets", type=positive, nargs="+", default=[0.6, 0.4, 0.2])
     p.add_argument("--mode", choices=["graph", "pynative"], default="graph")
     p.add_argument("--only", nargs="*")
+    p.add_argument("--contestants", choices=["size", "augment"], default="size",
+                   help="size: the mini model vs smaller models and less data; augment: the mini model without and "
+                        "with data augmentation (train --augment)")
+    p.add_argument("--score", action="append", metavar="NAME=MANIFEST",
+                   help="after each contestant's budget, CER on this whole manifest (repeatable), e.g. "
+                        "--score test=corpora/mini/test.csv --score unseen=corpora/unseen/test.csv")
     p.add_argument("--out", default="runs/race")
     p.set_defaults(func=cmd_race)
 

@@ -15,12 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from ds2_helpers.atomic import atomic_write_text, is_leftover
+from ds2_helpers.config import AugmentConfig, to_dict
 
 RUN_PATTERNS = ("ds2-step*.ckpt", "ds2-step*.ckpt.corrupt", "final*.ckpt", "metrics*.csv", "config.json")
 """What `train` writes in its folder (--overwrite removes these and nothing else)."""
 IGNORED = ("logs",)  # msrun's --log_dir may sit inside the run folder before the workers start
 TRAIN_KEYS = ("batch_size", "batch_seconds", "seed", "sortagrad")
-"""TrainConfig fields that decide which utterances make each step: a resume must keep them."""
+"""TrainConfig fields that decide which utterances make each step: a resume must keep them (and `augment`, what
+is done to them, compared field by field as `train.augment.<field>`)."""
 
 
 class RunFolderError(ValueError):
@@ -84,6 +86,9 @@ def identity(model: dict, train: dict, spect: dict, data: dict) -> dict[str, Any
     ident = {f"model.{k}": v for k, v in model.items() if k != "conv"}
     ident.update({f"spect.{k}": v for k, v in spect.items()})
     ident.update({f"train.{k}": train.get(k) for k in TRAIN_KEYS})
+    # augmentation decides what each step sees; a checkpoint written before it existed trained without it
+    augment = {**to_dict(AugmentConfig()), **(train.get("augment") or {})}
+    ident.update({f"train.augment.{k}": v for k, v in augment.items()})
     ident.update({f"data.{k}": v for k, v in data.items()})
     return ident
 

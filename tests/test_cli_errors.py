@@ -61,6 +61,8 @@ REFUSED = [  # (case, extra train arguments, words the one error line must conta
     ("resume with another seed and window", ["--resume", "--seed", "5", "--window", "hann"],
      ["spect.window: checkpoint 'hamming', now 'hann'", "train.seed"]),
     ("resume on another part of the manifest", ["--resume", "--limit", "6"], ["data.limit: checkpoint 8, now 6"]),
+    ("resume with augmentation the run did not use", ["--resume", "--augment", "speed"],
+     ["train.augment.speeds: checkpoint None, now (0.9, 1.0, 1.1)", "--allow-changes"]),
 ]
 
 
@@ -117,6 +119,7 @@ BAD_ARGUMENTS = [  # refused by the argument parser before any work: exit 2, the
     (["--lr", "inf"], "argument --lr: inf is not allowed"),
     (["--seed", "-1"], "argument --seed: -1 is too small"),
     (["--resume", "--overwrite"], "argument --overwrite: not allowed with argument --resume"),
+    (["--augment", "speed,pitch"], "argument --augment: 'pitch': unknown; use a comma-separated list of speed, gain"),
 ]
 
 
@@ -309,3 +312,22 @@ def test_resuming_an_evaluation_of_another_checkpoint_or_after_a_cut_row(tiny_co
 
     rows = pd.read_csv(results, keep_default_na=False)
     assert len(rows) == 4 and rows.utterance_id.is_unique and (rows.hypothesis.str.len() > 0).all()
+
+
+def test_augmented_training_is_recorded_and_unseen_voices_build(tiny_corpus, tmp_path, capsys):
+    out = tmp_path / "run"
+    code, stdout, err = run(capsys, *train_args(tiny_corpus, out, "--augment", "speed,specaugment", "--max-steps", "1"))
+    assert code == 0, err
+    assert "augmentation: speed, specaugment" in stdout
+    augment = json.loads((out / "config.json").read_text())["train"]["augment"]
+    assert augment["speeds"] == [0.9, 1.0, 1.1] and augment["freq_masks"] == 2 and augment["gain_db"] is None
+    code, stdout, err = run(capsys, "minicorpus", "--unseen-voices", "--speakers", "2", "--utterances-per-speaker",
+                            "2", "--out", tmp_path / "unseen", "--quiet")
+    assert code == 0, err
+    assert "test (unseen voices): 4 utterances" in stdout and (tmp_path / "unseen" / "test.csv").exists()
+    code, _, err = run(capsys, "minicorpus", "--unseen-voices", "--speakers", "17", "--out", tmp_path / "u2")
+    assert code == 2 and "between 1 and 16" in err.strip().splitlines()[-1]
+    code, _, err = run(capsys, "race", "--train", tiny_corpus / "train.csv", "--eval", tiny_corpus / "dev.csv",
+                       "--contestants", "augment", "--score", "unseen", "--out", tmp_path / "race")
+    assert code == 2 and err.strip().splitlines()[-1].startswith("error: --score 'unseen': give NAME=MANIFEST")
+    assert not (tmp_path / "race").exists()
