@@ -57,10 +57,26 @@ def positive(text: str) -> float:
 
 
 def cmd_minicorpus(args: argparse.Namespace) -> int:
-    """Synthesise the embedded mini corpus and its manifests."""
-    from ds2_helpers.minicorpus import SPLITS, build_librispeech_like, build_minicorpus
+    """Synthesise the embedded mini corpus and its manifests (--unseen-voices: the held-out voices' test set)."""
+    from ds2_helpers.config import ParameterError
     from ds2_helpers.librispeech import build_manifest
+    from ds2_helpers.minicorpus import SPLITS, build_librispeech_like, build_minicorpus, build_unseen_voices
 
+    if args.unseen_voices:
+        if args.profile != "mini":
+            raise ParameterError("--unseen-voices builds its own short test set: leave out --profile")
+        counts = build_unseen_voices(args.out, speakers=args.speakers or 8,
+                                     utterances_per_speaker=args.utterances_per_speaker or 10, seed=args.seed,
+                                     progress=not args.quiet)
+        out = Path(args.out) / "test.csv"
+        report = build_manifest(args.out, "test", out, strict=True)
+        print(f"test (unseen voices): {counts['test']} utterances, "
+              f"{sum(r['duration'] for r in report.rows) / 60:.1f} min -> {out}")
+        return 0
+    args.speakers = args.speakers or 32
+    if args.speakers < 3:
+        raise ParameterError(f"--speakers {args.speakers}: use 3 or more (one each for train, dev and test)")
+    args.utterances_per_speaker = args.utterances_per_speaker or 50
     if args.profile == "librispeech":
         counts = build_librispeech_like(args.out, hours=args.hours, speakers=args.speakers, seed=args.seed,
                                         progress=not args.quiet)
@@ -110,8 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("minicorpus", help="synthesise the embedded mini corpus (LibriSpeech layout)")
     p.add_argument("--out", default=str(paths.mini_corpus_dir()))
-    p.add_argument("--speakers", type=at_least(3), default=32)
-    p.add_argument("--utterances-per-speaker", type=at_least(1), default=50)
+    p.add_argument("--speakers", type=at_least(1), help="default 32 (at least 3: train, dev and test); "
+                   "--unseen-voices: 8 (at most 16)")
+    p.add_argument("--utterances-per-speaker", type=at_least(1), help="default 50; --unseen-voices: 10")
+    p.add_argument("--unseen-voices", action="store_true",
+                   help="instead, a held-out test set (test/ and test.csv in --out, e.g. corpora/unseen) of espeak "
+                        "voices and sentences the mini corpus never uses: CER on voices training never heard")
     p.add_argument("--profile", choices=["mini", "librispeech"], default="mini",
                    help="mini: 2-3 s sentences; librispeech: utterances of 1-25 s like train-clean-100 "
                         "(test up to 35 s), sentences of one voice joined")

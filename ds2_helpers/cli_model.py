@@ -8,9 +8,20 @@ import sys
 from pathlib import Path
 
 from ds2_helpers.cli import at_least, non_negative, positive
-from ds2_helpers.config import OPTIMIZERS, ModelConfig, TrainConfig
+from ds2_helpers.config import AUGMENT_KINDS, OPTIMIZERS, AugmentConfig, ModelConfig, ParameterError, TrainConfig
 from ds2_helpers.race import RACE_SCHEDULES
 from ds2_helpers.schedules import DEFAULT_WARMUP_FRACTION, SCHEDULES
+
+
+def augment_kinds(text: str) -> AugmentConfig:
+    """argparse type: a comma-separated list of augmentation kinds ("none" or "": off) -> AugmentConfig."""
+    try:
+        return AugmentConfig.of("" if text.strip().lower() == "none" else text)
+    except ParameterError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("augment ")) from None
+
+
+augment_kinds.__name__ = "augmentation list"
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -27,7 +38,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         "freeze_rnn_layers": args.freeze_rnn_layers, "dynamic_shapes": False if args.static_shapes else None,
         "release_memory": args.release_memory, "optimizer": args.optimizer, "schedule": args.schedule,
         "warmup_steps": args.warmup_steps, "warmup_fraction": args.warmup_fraction,
-        "schedule_steps": args.schedule_steps}.items()
+        "schedule_steps": args.schedule_steps, "augment": args.augment}.items()
         if v is not None}
     train_cfg = train_preset(args.preset, **overrides)
     model_cfg = model_preset(args.preset)
@@ -88,6 +99,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"training {args.preset} on {len(data)} utterances "
               f"({f'{total / 3600:.2f} h' if total >= 360 else f'{total / 60:.1f} min'} of audio), "
               f"{batching}, {train_cfg.epochs} epoch(s), {train_cfg.mode} mode, "
+              f"augmentation: {', '.join(train_cfg.augment.kinds) or 'none'}, "
               f"rank {trainer.rank}/{trainer.world} -> {out}", flush=True)
     trainer.fit(data, max_steps=args.max_steps, pad_multiple=args.pad_multiple, checkpoint_at_stop=True)
     if trainer.world > 1:
@@ -115,7 +127,8 @@ def _preflight(args: argparse.Namespace, train_cfg, spect, data) -> None:
     from ds2_helpers.train import epoch_batches
 
     batches = epoch_batches(train_cfg, spect, data, 0, pad_multiple=args.pad_multiple)
-    frames = [n_frames(int(round(d * spect.sample_rate)), spect) for d in data.durations]
+    stretch = train_cfg.augment.max_stretch  # speed perturbation at 0.9 makes the audio 1/0.9 as long
+    frames = [n_frames(int(round(d * stretch * spect.sample_rate)), spect) for d in data.durations]
     batch, padded = largest_batch(batches, frames, args.pad_multiple)
     print(f"preflight: one step of the largest batch ({batch} x {padded / 100:.1f} s) ...", flush=True)
     result = preflight(args.preset, batch, padded, conv=args.conv, mode=train_cfg.mode, freeze_conv=train_cfg.freeze_conv,
@@ -343,20 +356,30 @@ def cmd_onednn(args: argparse.Namespace) -> int:
 
 def cmd_race(args: argparse.Namespace) -> int:
     """Train contestants for the same time; CER curves in --out. Suites: `models` (the mini model vs smaller
-    ones and less data), `lr-sweep` (each optimizer at a few constant rates), `optimizers` (each optimizer with
-    each schedule at its swept rate; runs the sweep first into --out/sweep unless --rates gives the rates)."""
+    ones and less data), `augment` (the mini model without and with data augmentation), `lr-sweep` (each
+    optimizer at a few constant rates), `optimizers` (each optimizer with each schedule at its swept rate; runs the
+    sweep first into --out/sweep unless --rates gives the rates). `--score NAME=MANIFEST`: each contestant's CER
+    on that whole manifest once its budget is spent."""
     import pandas as pd
 
     from ds2_helpers import race
     from ds2_helpers.dataset import SpeechData
 
+    score = {}
+    for item in args.score or []:
+        name, sep, manifest = item.partition("=")
+        if not sep or not name or not Path(manifest).is_file():
+            raise ParameterError(f"--score {item!r}: give NAME=MANIFEST with an existing manifest, e.g. "
+                                 "unseen=corpora/unseen/test.csv (`minicorpus --unseen-voices --out corpora/unseen`)")
+        score[name] = manifest
+
     def pick(configs):
         return [c for c in configs if any(w.lower() in c.name.lower() for w in args.only)] if args.only else configs
 
-    common = dict(eval_limit=args.eval_limit, mode=args.mode, progress=True)
+    common = dict(eval_limit=args.eval_limit, mode=args.mode, progress=True, score=score)
     out = Path(args.out)
-    if args.suite == "models":
-        configs = pick(race.contestants(len(SpeechData(args.train))))
+    if args.suite in race.CONTESTANTS:
+        configs = pick(race.CONTESTANTS[args.suite](len(SpeechData(args.train))))
     else:
         rates = dict(args.rates or [])
         if args.suite == "lr-sweep" or not rates:
@@ -385,12 +408,14 @@ def cmd_race(args: argparse.Namespace) -> int:
     configs, probes = race.with_schedule_steps(configs, args.train, args.minutes * 60, mode=args.mode)
     curve = race.run(configs, args.train, args.eval, out, seconds=args.minutes * 60, eval_every=args.eval_every,
                      extra={"suite": args.suite, **({"schedule_probes": probes} if probes else {})}, **common)
-    if args.suite == "models":
+    if args.suite in race.CONTESTANTS:
         print(race.time_to_target(curve, args.targets).to_string(index=False))
         race.curve_chart(curve).savefig(out / "race.png", dpi=120)
     else:
         print(race.optimizer_table(curve, configs, args.targets).to_string(index=False))
         race.optimizer_chart(curve, configs, thresholds=args.targets).savefig(out / "race.png", dpi=120)
+    if score:
+        print(race.final_scores(curve).to_string(index=False))
     print(f"wrote {out / 'race.json'} and race.png")
     return 0
 
@@ -435,7 +460,7 @@ def add_commands(sub) -> None:
     p.add_argument("--out", required=True)
     again = p.add_mutually_exclusive_group()
     again.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out "
-                       "(refused when the preset, spectrogram, batching, seed, manifest, optimizer or schedule differ from the "
+                       "(refused when the preset, spectrogram, batching, seed, manifest, optimizer, schedule or augmentation differ from the "
                        "checkpoint's)")
     again.add_argument("--overwrite", action="store_true",
                        help="--out holds an earlier run: delete its checkpoints and metrics and start again")
@@ -472,6 +497,14 @@ def add_commands(sub) -> None:
                    help="periodic window as librosa makes from a window name (the zoo's and the pretrained "
                         "checkpoints'); --no-periodic-window: the symmetric scipy.signal.windows one")
     p.add_argument("--weights-out", help="write the final weights-only checkpoint here instead of --out/final.ckpt")
+    p.add_argument("--augment", type=augment_kinds, metavar="KINDS",
+                   help=f"data augmentation in training (never in evaluation), a comma-separated list of "
+                        f"{', '.join(AUGMENT_KINDS)}: speed = speed perturbation 0.9/1.0/1.1 by resampling, "
+                        "gain = volume -6..+6 dB, noise = white noise at 10..30 dB SNR on half the utterances, "
+                        "specaugment = 2 frequency masks of up to 27 bins and 2 time masks of up to 100 frames; "
+                        "default none. Deterministic in seed, epoch and utterance, so --resume repeats it (and "
+                        "refuses other augmentation). Python: TrainConfig(augment=AugmentConfig(...)) for other "
+                        "parameters")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("rehearse", help="rehearse the real job on a LibriSpeech-shaped synthetic corpus")
@@ -559,10 +592,11 @@ def add_commands(sub) -> None:
     p.add_argument("--out", default="runs/onednn.json")
     p.set_defaults(func=cmd_onednn)
 
-    p = sub.add_parser("race", help="time to CER: mini model vs smaller models and less data, or optimizers and "
-                       "learning-rate schedules (notebook 07)")
-    p.add_argument("--suite", choices=["models", "optimizers", "lr-sweep"], default="models",
-                   help="models (default): the mini model, smaller ones, half the data; lr-sweep: each optimizer "
+    p = sub.add_parser("race", help="time to CER: mini model vs smaller models and less data, with and without "
+                       "augmentation, or optimizers and learning-rate schedules (notebook 07)")
+    p.add_argument("--suite", choices=["models", "augment", "optimizers", "lr-sweep"], default="models",
+                   help="models (default): the mini model, smaller ones, half the data; augment: the mini model "
+                        "without and with data augmentation (train --augment); lr-sweep: each optimizer "
                         "at a few constant rates (race.SWEEP_RATES) for --minutes; optimizers: each optimizer with "
                         "each of --schedules at its swept rate (sweeps first unless --rates)")
     p.add_argument("--rates", type=optimizer_rate, nargs="+", metavar="OPTIMIZER=RATE",
@@ -583,6 +617,9 @@ def add_commands(sub) -> None:
     p.add_argument("--targets", type=positive, nargs="+", default=[0.6, 0.4, 0.2])
     p.add_argument("--mode", choices=["graph", "pynative"], default="graph")
     p.add_argument("--only", nargs="*")
+    p.add_argument("--score", action="append", metavar="NAME=MANIFEST",
+                   help="after each contestant's budget, CER on this whole manifest (repeatable), e.g. "
+                        "--score test=corpora/mini/test.csv --score unseen=corpora/unseen/test.csv")
     p.add_argument("--out", default="runs/race")
     p.set_defaults(func=cmd_race)
 

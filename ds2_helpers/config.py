@@ -88,6 +88,105 @@ class ModelConfig:
             raise ParameterError(f"conv {self.conv!r}: use 'native' (nn.Conv2d) or 'matmul'")
 
 
+AUGMENT_KINDS = ("speed", "gain", "noise", "specaugment")
+"""What `train --augment` can switch on (each with the parameters of `AugmentConfig.of`)."""
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Data augmentation in training (never in evaluation); everything off by default.
+
+    Waveform (before the spectrogram): `speeds` = speed perturbation, one factor drawn per utterance and
+    applied by resampling (tempo and pitch change together, as in Kaldi's and DeepSpeech2's 0.9/1.0/1.1);
+    `gain_db` = volume change drawn from [low, high] dB; `noise_snr_db` = white noise at an SNR drawn from
+    [low, high] dB, added to a share `noise_prob` of the utterances. Features (after): SpecAugment masks,
+    `freq_masks` bands of up to `freq_width` bins and `time_masks` of up to `time_width` frames (and at most
+    `time_max_fraction` of the utterance), filled with the spectrogram's mean (0 when normalised).
+
+    The per-utterance normalisation of `SpectConfig.normalize` removes most of a gain: it acts only through
+    the 1 of log(1 + |STFT|), i.e. on the quietest bins."""
+
+    speeds: tuple[float, ...] | None = None
+    gain_db: tuple[float, float] | None = None
+    noise_snr_db: tuple[float, float] | None = None
+    noise_prob: float = 0.5
+    freq_masks: int = 0
+    freq_width: int = 27
+    time_masks: int = 0
+    time_width: int = 100
+    time_max_fraction: float = 0.2
+
+    def __post_init__(self) -> None:
+        for name in ("speeds", "gain_db", "noise_snr_db"):
+            value = getattr(self, name)
+            if isinstance(value, list):
+                object.__setattr__(self, name, tuple(value))
+        if self.speeds is not None:
+            if not self.speeds or not all(0.5 <= float(s) <= 2.0 for s in self.speeds):
+                raise ParameterError(f"augment speeds {self.speeds}: give one or more factors between 0.5 and 2 "
+                                     "(e.g. 0.9,1.0,1.1), or none to switch speed perturbation off")
+        for name in ("gain_db", "noise_snr_db"):
+            value = getattr(self, name)
+            if value is not None and (len(value) != 2 or not value[0] <= value[1]
+                                      or not all(abs(float(v)) < float("inf") for v in value)):
+                raise ParameterError(f"augment {name} {value}: give a range (low, high) with low <= high, "
+                                     "both finite, or none to switch it off")
+        if not 0 <= self.noise_prob <= 1:
+            raise ParameterError(f"augment noise_prob {self.noise_prob}: use a share between 0 and 1")
+        if min(self.freq_masks, self.freq_width, self.time_masks, self.time_width) < 0:
+            raise ParameterError(f"augment masks: freq_masks {self.freq_masks}, freq_width {self.freq_width}, "
+                                 f"time_masks {self.time_masks}, time_width {self.time_width}: use 0 or more")
+        if not 0 <= self.time_max_fraction <= 1:
+            raise ParameterError(f"augment time_max_fraction {self.time_max_fraction}: use a share between 0 and 1")
+
+    @property
+    def waveform(self) -> bool:
+        """True when an augmentation changes the audio (the spectrogram is then computed afresh every time)."""
+        return (self.speeds is not None and tuple(self.speeds) != (1.0,)) or self.gain_db is not None or \
+            (self.noise_snr_db is not None and self.noise_prob > 0)
+
+    @property
+    def spectral(self) -> bool:
+        """True when SpecAugment masks something."""
+        return (self.freq_masks > 0 and self.freq_width > 0) or (self.time_masks > 0 and self.time_width > 0)
+
+    @property
+    def enabled(self) -> bool:
+        """Does this config change anything?"""
+        return self.waveform or self.spectral
+
+    @property
+    def max_stretch(self) -> float:
+        """How much longer an utterance can get (1 / the slowest speed, at least 1: an utterance CTC could not
+        fit when sped up keeps speed 1): batch budgets plan for it."""
+        return max(1.0, 1.0 / min(self.speeds)) if self.speeds else 1.0
+
+    @classmethod
+    def of(cls, kinds: str | list[str] | tuple[str, ...] | None) -> AugmentConfig:
+        """The config for a list of kinds ("speed,gain,noise,specaugment"; "" or None: off) with the defaults:
+        speeds 0.9/1.0/1.1; gain -6..+6 dB; white noise at 10..30 dB SNR on half the utterances; SpecAugment
+        LibriSpeech-double's 2 frequency masks of up to 27 bins and 2 time masks of up to 100 frames (and 20 %)."""
+        if isinstance(kinds, str):
+            kinds = [k.strip() for k in kinds.split(",") if k.strip()]
+        kinds = list(kinds or [])
+        unknown = [k for k in kinds if k not in AUGMENT_KINDS]
+        if unknown:
+            raise ParameterError(f"augment {', '.join(map(repr, unknown))}: unknown; use a comma-separated list "
+                                 f"of {', '.join(AUGMENT_KINDS)} (e.g. speed,specaugment)")
+        return cls(speeds=(0.9, 1.0, 1.1) if "speed" in kinds else None,
+                   gain_db=(-6.0, 6.0) if "gain" in kinds else None,
+                   noise_snr_db=(10.0, 30.0) if "noise" in kinds else None,
+                   freq_masks=2 if "specaugment" in kinds else 0,
+                   time_masks=2 if "specaugment" in kinds else 0)
+
+    @property
+    def kinds(self) -> list[str]:
+        """The kinds switched on, in AUGMENT_KINDS order (for names and logs)."""
+        on = {"speed": self.speeds is not None and tuple(self.speeds) != (1.0,), "gain": self.gain_db is not None,
+              "noise": self.noise_snr_db is not None and self.noise_prob > 0, "specaugment": self.spectral}
+        return [k for k in AUGMENT_KINDS if on[k]]
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Optimisation knobs; defaults follow the model zoo's OptimConfig where it is sound."""
@@ -121,8 +220,11 @@ class TrainConfig:
     warmup_steps: int | None = None      # cosine/onecycle: warm-up steps; None: warmup_fraction of the schedule
     warmup_fraction: float | None = None  # None: schedules.DEFAULT_WARMUP_FRACTION (0.05 cosine, 0.3 onecycle)
     schedule_steps: int | None = None    # cosine/onecycle length in steps; None: epochs x batches per epoch
+    augment: AugmentConfig = AugmentConfig()  # off; applied in training only (ds2_helpers/augment.py)
 
     def __post_init__(self) -> None:
+        if isinstance(self.augment, dict):  # read back from a checkpoint's or config.json's metadata
+            object.__setattr__(self, "augment", from_dict(AugmentConfig, self.augment))
         self._check_optimizer()
         if self.mode.lower() not in ("graph", "pynative"):
             raise ParameterError(f"mode {self.mode!r}: use 'graph' or 'pynative'")

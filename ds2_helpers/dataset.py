@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ds2_helpers.config import SpectConfig
+from ds2_helpers.config import AugmentConfig, SpectConfig
 from ds2_helpers.feature_cache import FeatureCache
 from ds2_helpers.features import AudioError, load_audio, n_frames, spectrogram
 from ds2_helpers.labels import BLANK_INDEX, encode
@@ -52,7 +52,13 @@ class SpeechData:
     train-clean-100: ~23 GB), False computes them every time, a folder keeps them on disk (FeatureCache).
 
     Utterances CTC cannot align (too many characters for their frames) are left out and listed in `skipped`; if
-    that leaves none, a ManifestError says why (`allow_empty=True` returns the empty dataset instead)."""
+    that leaves none, a ManifestError says why (`allow_empty=True` returns the empty dataset instead).
+
+    Augmentation (`batch(..., augment=...)`, what `Trainer.fit` passes; evaluation never does): the caches hold
+    only the plain spectrograms. Speed, gain or noise change the audio, so those utterances are read and
+    transformed afresh every time, bypassing the RAM and disk caches (nothing augmented is ever stored);
+    SpecAugment alone masks a copy of the cached spectrogram. `speed_fallbacks` counts the utterances that kept
+    speed 1.0 because the drawn speed-up left CTC too few frames."""
 
     def __init__(self, manifest: str | Path | pd.DataFrame, spect: SpectConfig = SpectConfig(), *,
                  cache: bool | str | Path = True, max_duration: float | None = None, limit: int | None = None,
@@ -68,6 +74,7 @@ class SpeechData:
         self.cache = bool(cache) and not isinstance(cache, (str, Path))
         self.disk = FeatureCache(cache, spect) if isinstance(cache, (str, Path)) else None
         self._features: dict[int, np.ndarray] = {}
+        self.speed_fallbacks = 0
         self.skipped: list[str] = []
         keep = []
         for i, row in enumerate(frame.itertuples(index=False)):
@@ -98,29 +105,64 @@ class SpeechData:
         """Seconds per utterance, in manifest order."""
         return self.frame.duration.to_numpy()
 
+    def _existing_path(self, i: int) -> str:
+        path = self.frame.audio_path[i]
+        if not os.path.exists(path):
+            raise AudioError(f"{path}: no such audio file; restore it or {REBUILD}")
+        return path
+
+    def _check_frames(self, i: int, frames: int) -> None:
+        """ManifestError when `frames` (of the unaugmented audio) do not last the manifest's duration."""
+        recorded = float(self.frame.duration[i])
+        actual = (frames - 1) * self.spect.hop_length / self.spect.sample_rate  # to within one hop
+        if abs(actual - recorded) > DURATION_TOLERANCE:  # e.g. audio cut after the manifest was built
+            raise ManifestError(f"{self.frame.audio_path[i]}: the audio lasts {actual:.2f} s but the manifest "
+                                f"records {recorded:.2f} s (the file changed after the manifest was built); {REBUILD}")
+
     def features(self, i: int) -> np.ndarray:
         """Spectrogram [bins, frames] of utterance i (cached after the first call when `cache`); AudioError for a
         missing or unreadable file, ManifestError when its length is not the manifest's duration."""
         if i in self._features:
             return self._features[i]
-        path = self.frame.audio_path[i]
-        if not os.path.exists(path):
-            raise AudioError(f"{path}: no such audio file; restore it or {REBUILD}")
+        path = self._existing_path(i)
         compute = lambda: spectrogram(load_audio(path, self.spect.sample_rate), self.spect)  # noqa: E731
         feats = self.disk.get(path, compute) if self.disk else compute()
-        recorded = float(self.frame.duration[i])
-        actual = (feats.shape[1] - 1) * self.spect.hop_length / self.spect.sample_rate  # to within one hop
-        if abs(actual - recorded) > DURATION_TOLERANCE:  # e.g. audio cut after the manifest was built
-            raise ManifestError(f"{path}: the audio lasts {actual:.2f} s but the manifest records {recorded:.2f} s "
-                                f"(the file changed after the manifest was built); {REBUILD}")
+        self._check_frames(i, feats.shape[1])
         if self.cache:
             self._features[i] = feats
         return feats
 
+    def audio(self, i: int) -> np.ndarray:
+        """Waveform of utterance i at the spectrogram's rate (never cached), checked like `features`."""
+        audio = load_audio(self._existing_path(i), self.spect.sample_rate)
+        self._check_frames(i, n_frames(audio.size, self.spect))
+        return audio
+
+    def augmented_features(self, i: int, augment: AugmentConfig, *, seed: int, epoch: int) -> np.ndarray:
+        """Utterance i's spectrogram as augmented in `epoch` of a run with `seed` (deterministic in seed, epoch and
+        utterance id). Waveform augmentations recompute it from the audio (caches bypassed); a speed-up that
+        would leave CTC too few output frames is skipped for this utterance (speed 1.0, `speed_fallbacks`)."""
+        from ds2_helpers.augment import augment_features, augment_waveform, utterance_rng
+
+        rng = utterance_rng(seed, epoch, self.frame.utterance_id[i])
+        if augment.waveform:
+            need = ctc_min_frames(self.labels[i])
+            fits = lambda n: int(output_lengths(n_frames(n, self.spect))) >= need  # noqa: E731
+            audio, drawn = augment_waveform(self.audio(i), augment, rng, fits=fits)
+            self.speed_fallbacks += drawn.fell_back
+            feats = spectrogram(audio, self.spect)
+        else:
+            feats = self.features(i)
+        return augment_features(feats, augment, rng)
+
     def batch(self, indices: list[int], *, pad_multiple: int = 1, fixed_frames: int | None = None,
-              label_multiple: int = 1, feats: list[np.ndarray] | None = None) -> Batch:
+              label_multiple: int = 1, feats: list[np.ndarray] | None = None,
+              augment: AugmentConfig | None = None, seed: int = 0, epoch: int = 0) -> Batch:
         """Pad a list of utterances into one Batch (frames rounded up to `pad_multiple`, or exactly `fixed_frames`);
-        `feats`: their spectrograms when already computed."""
+        `feats`: their spectrograms when already computed; `augment`: augmented as in `epoch` of a run with
+        `seed` (training only)."""
+        if feats is None and augment is not None and augment.enabled:
+            feats = [self.augmented_features(i, augment, seed=seed, epoch=epoch) for i in indices]
         feats = feats if feats is not None else [self.features(i) for i in indices]
         lengths = np.array([f.shape[1] for f in feats], dtype=np.int32)
         if fixed_frames:  # the model zoo's scheme: pad or crop everything to one length

@@ -2,7 +2,11 @@
 
 The key is the audio file (absolute path, size, modification time) plus the spectrogram config, so a changed
 file or another window never reads stale features, and several runs or msrun workers can share one folder
-(two writers of the same file both rename a complete file into place)."""
+(two writers of the same file both rename a complete file into place).
+
+Only plain (unaugmented) spectrograms are ever stored: training with speed, gain or noise augmentation computes
+those utterances' features from the audio every time, and SpecAugment masks a copy of the cached array
+(`SpeechData.augmented_features`)."""
 
 from __future__ import annotations
 

@@ -10,6 +10,7 @@ import numpy as np
 import scipy.signal
 import soundfile as sf
 
+from ds2_helpers.config import ParameterError
 from ds2_helpers.espeak import Espeak, Voice
 from ds2_helpers.labels import unknown_characters
 
@@ -45,7 +46,14 @@ TEMPLATES = [
 LANGUAGES = ["en", "en-us", "en-gb-x-rp", "en-gb-scotland", "en-029", "en-us-nyc", "en-gb-x-gbclan"]
 VARIANTS = ["m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "f4", "f5", "klatt", "klatt2", "john",
             "ian", "david", "linda", "anika", "steph", "max", "paul", "robert", "aunty"]
-FEMALE_VARIANTS = {"f1", "f2", "f3", "f4", "f5", "linda", "anika", "steph", "aunty"}
+# The held-out "unseen voices" (build_unseen_voices): espeak variants no mini or LibriSpeech-like corpus uses (not
+# in VARIANTS, whatever the seed or size), human-sounding ones only (no whisper, robot or croak), with the one
+# English accent LANGUAGES leaves out added to the choice of accents.
+UNSEEN_VARIANTS = ["m8", "adam", "benjamin", "edward", "Lee", "norbert", "quincy", "travis", "Michael", "Denis",
+                   "caleb", "Andrea", "Annie", "Alicia", "belinda", "grandma"]
+UNSEEN_LANGUAGES = LANGUAGES + ["en-gb-x-gbcwmd"]
+FEMALE_VARIANTS = {"f1", "f2", "f3", "f4", "f5", "linda", "anika", "steph", "aunty",
+                   "Andrea", "Annie", "Alicia", "belinda", "grandma"}
 SPLITS = ("train", "dev", "test")
 
 
@@ -95,6 +103,11 @@ def split_sizes(n_speakers: int) -> dict[str, int]:
     return {"train": n_speakers - 2 * held, "dev": held, "test": held}
 
 
+def random_voice(name: str, rng: random.Random) -> Voice:
+    """`name` with a rate of 140-195 words/min, pitch 25-75 and range 30-80 drawn from `rng`."""
+    return Voice(name, rate=rng.randint(140, 195), pitch=rng.randint(25, 75), range=rng.randint(30, 80))
+
+
 def make_speakers(n_speakers: int, rng: random.Random) -> list[Speaker]:
     """Distinct voices (language+variant pairs) with varied pitch, range and rate, assigned to splits."""
     pairs = [f"{lang}+{var}" for lang in LANGUAGES for var in VARIANTS]
@@ -105,7 +118,7 @@ def make_speakers(n_speakers: int, rng: random.Random) -> list[Speaker]:
     splits = [s for s in SPLITS for _ in range(sizes[s])]
     speakers = []
     for i, (name, split) in enumerate(zip(names, splits)):
-        voice = Voice(name, rate=rng.randint(140, 195), pitch=rng.randint(25, 75), range=rng.randint(30, 80))
+        voice = random_voice(name, rng)
         speakers.append(Speaker(speaker_id=1000 + 37 * i, chapter_id=5000 + 11 * i, split=split, voice=voice))
     return speakers
 
@@ -123,19 +136,35 @@ def to_16k(samples: np.ndarray, sample_rate: int) -> np.ndarray:
 def build_minicorpus(out: str | Path, *, speakers: int = 32, utterances_per_speaker: int = 50, seed: int = 0,
                      progress: bool = True) -> dict[str, int]:
     """Synthesise the corpus into `out`/<split>/<speaker>/<chapter>/ with trans.txt files and SPEAKERS.TXT."""
-    from tqdm.auto import tqdm
+    spk, test_sentences, other = plan_minicorpus(speakers, utterances_per_speaker, seed)
+    pools = {split: test_sentences if split == "test" else other for split in SPLITS}
+    return synthesise(out, spk, pools, utterances_per_speaker, progress=progress)
 
-    out = Path(out)
+
+def plan_minicorpus(speakers: int = 32, utterances_per_speaker: int = 50, seed: int = 0
+                    ) -> tuple[list[Speaker], list[str], list[str]]:
+    """What `build_minicorpus` synthesises, without synthesising it: the speakers, the test sentences and the
+    train/dev sentences (the defaults: the mini corpus of `make workbook`)."""
     rng = random.Random(seed)
     spk = make_speakers(speakers, rng)
     n_test = sum(s.split == "test" for s in spk) * utterances_per_speaker
     test_sentences = make_sentences(n_test, rng)
     other = make_sentences((len(spk) * utterances_per_speaker) - n_test, rng, exclude=set(test_sentences))
+    return spk, test_sentences, other
+
+
+def synthesise(out: str | Path, spk: list[Speaker], pools: dict[str, list[str]], utterances_per_speaker: int, *,
+               progress: bool = True) -> dict[str, int]:
+    """Speak `utterances_per_speaker` sentences per speaker, taken from the end of its split's pool, into
+    `out`/<split>/<speaker>/<chapter>/ with trans.txt files and SPEAKERS.TXT; utterances per split."""
+    from tqdm.auto import tqdm
+
+    out = Path(out)
     engine = Espeak.get()
     counts = {s: 0 for s in SPLITS}
     bar = tqdm(total=len(spk) * utterances_per_speaker, desc="synthesising", unit="utt", disable=not progress)
     for speaker in spk:
-        pool = test_sentences if speaker.split == "test" else other
+        pool = pools[speaker.split]
         chapter_dir = out / speaker.split / str(speaker.speaker_id) / str(speaker.chapter_id)
         chapter_dir.mkdir(parents=True, exist_ok=True)
         lines = []
@@ -152,6 +181,33 @@ def build_minicorpus(out: str | Path, *, speakers: int = 32, utterances_per_spea
     bar.close()
     write_speakers_txt(out / "SPEAKERS.TXT", spk, utterances_per_speaker)
     return counts
+
+
+def unseen_speakers(n_speakers: int = 8, seed: int = 0) -> list[Speaker]:
+    """`n_speakers` test speakers, each with its own variant from UNSEEN_VARIANTS (none of them in VARIANTS, so
+    no corpus of `build_minicorpus` ever trains on them), an accent from UNSEEN_LANGUAGES and its own pitch,
+    range and rate; ids from 8000 up, apart from the mini corpus's (1000 + 37 k)."""
+    if not 1 <= n_speakers <= len(UNSEEN_VARIANTS):
+        raise ParameterError(f"--speakers {n_speakers}: the unseen-voices set has between 1 and {len(UNSEEN_VARIANTS)} "
+                         "speakers (one per unused espeak variant)")
+    rng = random.Random(f"unseen voices {seed}")
+    variants = rng.sample(UNSEEN_VARIANTS, n_speakers)
+    return [Speaker(speaker_id=8000 + 37 * i, chapter_id=9000 + 11 * i, split="test",
+                    voice=random_voice(f"{rng.choice(UNSEEN_LANGUAGES)}+{variant}", rng))
+            for i, variant in enumerate(variants)]
+
+
+def build_unseen_voices(out: str | Path, *, speakers: int = 8, utterances_per_speaker: int = 10, seed: int = 0,
+                        progress: bool = True) -> dict[str, int]:
+    """A held-out test set of voices the mini corpus never uses (`unseen_speakers`) speaking sentences it never
+    uses (none of the default mini corpus's 1,600): `out`/test/... and SPEAKERS.TXT, deterministic in `seed`,
+    a few seconds to build. Measures how a model trained on the mini corpus copes with new speakers."""
+    spk = unseen_speakers(speakers, seed)
+    _, test_sentences, other = plan_minicorpus()
+    rng = random.Random(f"unseen sentences {seed}")
+    pool = make_sentences(speakers * utterances_per_speaker, rng, exclude=set(test_sentences) | set(other))
+    counts = synthesise(out, spk, {"test": pool}, utterances_per_speaker, progress=progress)
+    return {"test": counts["test"]}
 
 
 def write_speakers_txt(path: Path, speakers: list[Speaker], utterances: int) -> None:

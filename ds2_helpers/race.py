@@ -1,5 +1,7 @@
 """Time to accuracy: train configurations from scratch for the same wall-clock budget on the mini corpus,
-scoring CER on held-out speakers as they go, so a faster model or less data shows what it costs in accuracy."""
+scoring CER on held-out speakers as they go, so a faster model or less data shows what it costs in accuracy;
+`augment_contestants` does the same for data augmentation, scored at the end on the mini test speakers and on the
+unseen voices (`race --contestants augment --score test=... --score unseen=...`)."""
 
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ class RaceConfig:
     schedule: str = "anneal"
     learning_rate: float | None = None
     schedule_steps: int | None = None
+    augment: str | None = None  # training augmentation, AugmentConfig.of's kinds: "speed,gain,noise,specaugment"
 
     def train_overrides(self) -> dict:
         """The TrainConfig fields this contestant changes (none for the defaults: the mini preset as it is)."""
@@ -54,27 +57,39 @@ def contestants(train_utterances: int) -> list[RaceConfig]:
             RaceConfig("half the data (half the speakers)", limit=train_utterances // 2)]
 
 
+def augment_contestants() -> list[RaceConfig]:
+    """The mini model without augmentation, with speed perturbation and SpecAugment, and with every kind."""
+    return [RaceConfig("mini, no augmentation"),
+            RaceConfig("mini + speed, specaugment", augment="speed,specaugment"),
+            RaceConfig("mini + speed, gain, noise, specaugment", augment="speed,gain,noise,specaugment")]
+
+
+CONTESTANTS = {"models": contestants, "augment": lambda train_utterances: augment_contestants()}
+"""`race --suite NAME`: the line-ups besides the optimizer suites, each a function of the number of training
+utterances."""
+
+
 class _OutOfTime(Exception):
     """Raised from the training callback when the budget is spent."""
 
 
 def race_one(cfg: RaceConfig, train_manifest, eval_manifest, out, *, seconds: float, eval_every: float,
              eval_limit: int | None = 64, batch_size: int = 16, mode: str = "graph", seed: int = 1234,
-             progress: bool = False) -> list[dict]:
-    """Train `cfg` for `seconds` of training time (evaluation excluded); one CER point every `eval_every` s."""
-    from ds2_helpers.config import train_preset
+             progress: bool = False, score: dict[str, str] | None = None) -> list[dict]:
+    """Train `cfg` for `seconds` of training time (evaluation excluded); one CER point every `eval_every` s.
+    `score`: name -> manifest, each scored in full once the budget is spent (the last point's `final_cer_<name>`,
+    `final_wer_<name>`): e.g. the mini test speakers and the unseen voices."""
+    from ds2_helpers.config import AugmentConfig, ParameterError, train_preset
     from ds2_helpers.dataset import SpeechData
     from ds2_helpers.evaluate import evaluate
-    from ds2_helpers.train import Trainer
-
-    from ds2_helpers.config import ParameterError
     from ds2_helpers.schedules import is_step_based
+    from ds2_helpers.train import Trainer
 
     if is_step_based(cfg.schedule) and cfg.schedule_steps is None:
         raise ParameterError(f"{cfg.name}: schedule {cfg.schedule!r} needs schedule_steps in a time race (the "
                              "epochs are open-ended); race.run estimates it from the budget")
     tcfg = train_preset("mini", batch_size=batch_size, mode=mode, epochs=10_000, save_every=0, seed=seed,
-                        **cfg.train_overrides())
+                        augment=AugmentConfig.of(cfg.augment), **cfg.train_overrides())
     trainer = Trainer(cfg.model_config(), tcfg, Path(out), rank=0, world=1, conv_impl=cfg.conv_impl)
     train = SpeechData(train_manifest, limit=cfg.limit)
     held_out = SpeechData(eval_manifest, limit=eval_limit)
@@ -107,6 +122,12 @@ def race_one(cfg: RaceConfig, train_manifest, eval_manifest, out, *, seconds: fl
         trainer.fit(train, callback=callback, progress=False)  # one line per CER point instead
     except _OutOfTime:
         pass
+    for name, manifest in (score or {}).items():
+        _, summary = evaluate(trainer.net, SpeechData(manifest), batch_size=16, pad_multiple=64)
+        if curve:
+            curve[-1].update({f"final_cer_{name}": summary["cer"], f"final_wer_{name}": summary["wer"]})
+        if progress:
+            print(f"  {cfg.name}: CER {summary['cer']:.3f} on {name} ({manifest})", flush=True)
     for row in curve:
         row.update(utterances=len(train), parameters=int(sum(int(np.prod(p.shape)) for p in trainer.net.trainable_params())))
     return curve
@@ -124,6 +145,19 @@ def time_to_target(curve, targets: list[float]):
         for target in targets:
             hit = group[group.cer <= target]
             row[f"minutes_to_cer_{target:g}"] = hit.train_seconds.iloc[0] / 60 if len(hit) else float("nan")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def final_scores(curve):
+    """Per contestant: steps, training minutes and the `score` manifests' CER and WER after the budget."""
+    import pandas as pd
+
+    rows = []
+    for name, group in pd.DataFrame(curve).groupby("name", sort=False):
+        last = group.iloc[-1]
+        row = {"name": name, "steps": int(last.step), "minutes": last.train_seconds / 60}
+        row.update({k: last[k] for k in group.columns if k.startswith(("final_cer_", "final_wer_"))})
         rows.append(row)
     return pd.DataFrame(rows)
 

@@ -15,12 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from ds2_helpers.atomic import atomic_write_text, is_leftover
+from ds2_helpers.config import AugmentConfig, to_dict
 
 RUN_PATTERNS = ("ds2-step*.ckpt", "ds2-step*.ckpt.corrupt", "final*.ckpt", "metrics*.csv", "config.json")
 """What `train` writes in its folder (--overwrite removes these and nothing else)."""
 IGNORED = ("logs",)  # msrun's --log_dir may sit inside the run folder before the workers start
 TRAIN_KEYS = ("batch_size", "batch_seconds", "seed", "sortagrad")
-"""TrainConfig fields that decide which utterances make each step: a resume must keep them."""
+"""TrainConfig fields that decide which utterances make each step: a resume must keep them (and `augment`, what
+is done to them, compared field by field as `train.augment.<field>`)."""
 UPDATE_KEYS = ("optimizer", "schedule", "warmup_steps", "warmup_fraction", "schedule_steps")
 """TrainConfig fields that decide the update rule and the rate of each step: a resume must keep them too. A
 checkpoint written before they existed was trained with their defaults (Adam, the per-epoch anneal)."""
@@ -92,6 +94,9 @@ def identity(model: dict, train: dict, spect: dict, data: dict) -> dict[str, Any
     defaults = _train_defaults()
     keys = UPDATE_KEYS + (SGD_KEYS if train.get("optimizer") == "sgd" else ())
     ident.update({f"train.{k}": train.get(k, defaults[k]) for k in keys})
+    # augmentation decides what each step sees; a checkpoint written before it existed trained without it
+    augment = {**to_dict(AugmentConfig()), **(train.get("augment") or {})}
+    ident.update({f"train.augment.{k}": v for k, v in augment.items()})
     ident.update({f"data.{k}": v for k, v in data.items()})
     return ident
 

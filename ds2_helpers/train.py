@@ -324,7 +324,8 @@ class Trainer:
                             self.save()
                         return self.state
                     batch = data.batch(batches[k], pad_multiple=pad_multiple, label_multiple=label_multiple,
-                                       fixed_frames=fixed_frames)
+                                       fixed_frames=fixed_frames, augment=self.cfg.augment, seed=self.cfg.seed,
+                                       epoch=epoch)  # augmentation: training only, deterministic for resume
                     if per_step:
                         lr = lr_at(self.cfg, self.state.global_step, epoch, self.steps_total)
                         set_learning_rate(self.optimizer, lr)
@@ -360,9 +361,12 @@ class Trainer:
 def epoch_batches(cfg: TrainConfig, spect: SpectConfig, data: SpeechData, epoch: int, rank: int = 0,
                   world: int = 1, pad_multiple: int = 64) -> list[list[int]]:
     """One rank's batches for an epoch: length buckets of `batch_size` utterances or `batch_seconds` padded
-    seconds, SortaGrad order in the first epoch, shuffled batches after (deterministic in seed and epoch)."""
+    seconds, SortaGrad order in the first epoch, shuffled batches after (deterministic in seed and epoch).
+    With speed perturbation the `batch_seconds` budget counts every utterance at its slowest speed
+    (`AugmentConfig.max_stretch`: 0.9 makes it 1/0.9 as long), so no augmented batch exceeds it."""
+    stretch = cfg.augment.max_stretch
     batches = make_batches(data.durations, cfg.batch_size, batch_seconds=cfg.batch_seconds,
-                           padded=lambda s: padded_seconds(s, pad_multiple, spect.window_stride),
+                           padded=lambda s: padded_seconds(s * stretch, pad_multiple, spect.window_stride),
                            epoch=epoch, seed=cfg.seed, order="bucketed", sortagrad=cfg.sortagrad)
     return shard(batches, rank, world)
 

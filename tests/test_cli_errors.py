@@ -64,6 +64,8 @@ REFUSED = [  # (case, extra train arguments, words the one error line must conta
     ("resume with another optimizer and schedule", ["--resume", "--optimizer", "lamb", "--schedule", "cosine"],
      ["train.optimizer: checkpoint 'adam', now 'lamb'", "train.schedule: checkpoint 'anneal', now 'cosine'",
       "--allow-changes"]),
+    ("resume with augmentation the run did not use", ["--resume", "--augment", "speed"],
+     ["train.augment.speeds: checkpoint None, now (0.9, 1.0, 1.1)", "--allow-changes"]),
 ]
 
 
@@ -126,6 +128,7 @@ BAD_ARGUMENTS = [  # refused by the argument parser before any work: exit 2, the
     (["--schedule-steps", "0"], "argument --schedule-steps: 0 is too small"),
     (["--warmup-steps", "5"], "warmup_steps: only the step-based schedules (cosine, onecycle) use them"),
     (["--schedule", "cosine", "--warmup-steps", "9", "--schedule-steps", "9"], "warm-up must end before"),
+    (["--augment", "speed,pitch"], "argument --augment: 'pitch': unknown; use a comma-separated list of speed, gain"),
 ]
 
 
@@ -333,4 +336,22 @@ def test_race_refuses_bad_suites_and_rates(extra, words, tiny_corpus, tmp_path, 
     code, _, err = run(capsys, "race", "--train", tiny_corpus / "train.csv", "--eval", tiny_corpus / "dev.csv",
                        "--out", tmp_path / "race", *extra)
     assert code == 2 and words in err and err.strip().splitlines()[-1].startswith("error: ")
+
+
+def test_augmented_training_is_recorded_and_unseen_voices_build(tiny_corpus, tmp_path, capsys):
+    out = tmp_path / "run"
+    code, stdout, err = run(capsys, *train_args(tiny_corpus, out, "--augment", "speed,specaugment", "--max-steps", "1"))
+    assert code == 0, err
+    assert "augmentation: speed, specaugment" in stdout
+    augment = json.loads((out / "config.json").read_text())["train"]["augment"]
+    assert augment["speeds"] == [0.9, 1.0, 1.1] and augment["freq_masks"] == 2 and augment["gain_db"] is None
+    code, stdout, err = run(capsys, "minicorpus", "--unseen-voices", "--speakers", "2", "--utterances-per-speaker",
+                            "2", "--out", tmp_path / "unseen", "--quiet")
+    assert code == 0, err
+    assert "test (unseen voices): 4 utterances" in stdout and (tmp_path / "unseen" / "test.csv").exists()
+    code, _, err = run(capsys, "minicorpus", "--unseen-voices", "--speakers", "17", "--out", tmp_path / "u2")
+    assert code == 2 and "between 1 and 16" in err.strip().splitlines()[-1]
+    code, _, err = run(capsys, "race", "--train", tiny_corpus / "train.csv", "--eval", tiny_corpus / "dev.csv",
+                       "--suite", "augment", "--score", "unseen", "--out", tmp_path / "race")
+    assert code == 2 and err.strip().splitlines()[-1].startswith("error: --score 'unseen': give NAME=MANIFEST")
     assert not (tmp_path / "race").exists()

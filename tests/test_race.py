@@ -139,3 +139,38 @@ def test_optimizer_chart_draws_the_targets_dashed():
     assert dashed == [0.2, 0.4]
     styles = {line.get_label(): line.get_linestyle() for line in ax.get_lines()}
     assert styles["adam"] == "-" and styles["sgd"] == ":"
+
+
+def test_augment_contestants_differ_only_in_augmentation():
+    from ds2_helpers.config import AugmentConfig
+
+    base, *others = race.augment_contestants()
+    assert base.augment is None and all(c.model_config() == base.model_config() for c in others)
+    assert [AugmentConfig.of(c.augment).kinds for c in others] == [["speed", "specaugment"],
+                                                                 ["speed", "gain", "noise", "specaugment"]]
+    assert race.CONTESTANTS["augment"](100) == race.augment_contestants()
+
+
+def test_final_scores_take_each_contestants_last_point():
+    curve = _curve("a", [0.9, 0.5]) + _curve("b", [0.8])
+    curve[1].update(final_cer_unseen=0.7, final_wer_unseen=0.9)
+    curve[2].update(final_cer_unseen=0.85, final_wer_unseen=1.0)
+    table = race.final_scores(curve).set_index("name")
+    assert table.loc["a", "final_cer_unseen"] == 0.7 and table.loc["b", "final_cer_unseen"] == 0.85
+    assert table.loc["a", "steps"] == 20 and table.loc["b", "minutes"] == pytest.approx(1.0)
+
+
+@pytest.mark.slow
+def test_an_augmented_contestant_trains_and_is_scored_on_extra_manifests(tiny_corpus, tmp_path, monkeypatch):
+    from ds2_helpers import augment
+
+    calls = []
+    original = augment.augment_features
+    monkeypatch.setattr(augment, "augment_features", lambda *a: calls.append(1) or original(*a))
+    cfg = race.RaceConfig("augmented", augment="speed,noise,specaugment")
+    curve = race.race_one(cfg, tiny_corpus / "train.csv", tiny_corpus / "dev.csv", tmp_path, seconds=0.1,
+                          eval_every=60.0, eval_limit=4, batch_size=4, mode="pynative",
+                          score={"test": str(tiny_corpus / "test.csv")})
+    assert len(curve) == 1 and curve[0]["step"] == 1  # the budget ends after the first step
+    assert 0.5 < curve[0]["final_cer_test"] <= 1.5  # one step from scratch: CER near 1 (0 would mean no scoring)
+    assert len(calls) == 4  # the one training batch was augmented; the evaluations were not
