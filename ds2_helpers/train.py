@@ -141,12 +141,13 @@ class Trainer:
     """Builds network, optimizer and step; runs epochs with logging and checkpoints in `out`.
 
     `conv_impl` overrides `model_cfg.conv` (MindSpore's Conv2d by default: our matmul convolution's step time
-    grows run after run of steps, notebook 07); checkpoints record it."""
+    grows run after run of steps, notebook 07); checkpoints record it. `loss_cell`: network -> loss cell taking
+    (x, x_len, y, y_len), instead of CTCLossNet (ds2_helpers.distill.loss_cell)."""
 
     def __init__(self, model_cfg: ModelConfig, train_cfg: TrainConfig, out: str | Path, *,
                  spect: SpectConfig = SpectConfig(), pretrained: str | Path | None = None,
                  rank: int | None = None, world: int | None = None, conv_impl: str | None = None,
-                 amp: str | None = None) -> None:
+                 amp: str | None = None, loss_cell=None) -> None:
         set_mode(train_cfg.mode)
         if rank is None or world is None:
             rank, world = distributed_context()
@@ -159,7 +160,7 @@ class Trainer:
         self.model_cfg = self.net.cfg  # with the convolution actually used
         self.pretrained_meta = ckpt.load_into(self.net, pretrained) if pretrained else None
         self.frozen = freeze(self.net, conv=train_cfg.freeze_conv, rnn_layers=train_cfg.freeze_rnn_layers)
-        self.loss_net = CTCLossNet(self._with_amp(self.net, amp))
+        self.loss_net = (loss_cell or CTCLossNet)(self._with_amp(self.net, amp))  # loss_cell: e.g. distill
         lr = ms.Tensor(np.float32(train_cfg.learning_rate))
         self.optimizer = nn.Adam(self.net.trainable_params(), learning_rate=lr, beta1=train_cfg.betas[0],
                                  beta2=train_cfg.betas[1], eps=train_cfg.eps, weight_decay=train_cfg.weight_decay)
