@@ -429,6 +429,54 @@ def optimizer_rate(text: str) -> tuple[str, float]:
     return name, positive(value)
 
 
+def cmd_prune(args: argparse.Namespace) -> int:
+    """Magnitude-prune a checkpoint (or drop LSTM units: --structured), optionally fine-tune, write a checkpoint."""
+    from ds2_helpers.prune import prune_checkpoint
+
+    if not Path(args.checkpoint).is_file():
+        from ds2_helpers.errors import CheckpointError
+
+        raise CheckpointError(f"{args.checkpoint}: no such checkpoint to prune; check the path (the mini model is "
+                              "data/mini_pretrained.ckpt)")
+    if args.manifest and not Path(args.manifest).is_file():
+        raise FileNotFoundError(2, "No such file or directory", args.manifest)
+    report = prune_checkpoint(args.checkpoint, args.out, sparsity=args.sparsity, keep_units=args.keep_units,
+                              structured=args.structured, preset=args.preset, finetune_steps=args.finetune_steps,
+                              manifest=args.manifest, lr=args.lr, batch_size=args.batch_size, mode=args.mode)
+    if report["kind"] == "structured":
+        what = f"hidden units {report['hidden_size_before']} -> {report['hidden_size']} per RNN layer"
+    else:
+        low, high = f"{min(report['zero_fraction'].values()):.1%}", f"{max(report['zero_fraction'].values()):.1%}"
+        what = f"{low if low == high else f'{low} to {high}'} of every RNN/dense weight matrix zero"
+    tuned = f", fine-tuned {report['finetune_steps']} steps" if args.finetune_steps else ""
+    print(f"{report['kind']} pruning: {what}{tuned}; {report['nonzero']:,} of {report['parameters']:,} weights "
+          f"non-zero -> {report['path']}")
+    return 0
+
+
+def cmd_distill(args: argparse.Namespace) -> int:
+    """A narrow student distilled from a teacher vs the same student with CTC alone, the same training time."""
+    from ds2_helpers import race
+    from ds2_helpers.distill import check_distillation, compare
+
+    check_distillation(args.alpha, args.temperature)
+    for path, what in ((args.teacher, "--teacher"), (args.train, "--train"), (args.eval, "--eval")):
+        if not Path(path).is_file():
+            raise FileNotFoundError(2, f"No such file or directory ({what})", path)
+    curve, table = compare(args.teacher, args.train, args.eval, args.out, seconds=args.minutes * 60,
+                           eval_every=args.eval_every, hidden_size=args.hidden_size, hidden_layers=args.hidden_layers,
+                           alpha=args.alpha, temperature=args.temperature, eval_limit=args.eval_limit,
+                           batch_size=args.batch_size, mode=args.mode)
+    from ds2_helpers.atomic import atomic_write_text
+
+    atomic_write_text(Path(args.out) / "distill.csv", table.to_csv(index=False))
+    print(table.to_string(index=False))
+    race.curve_chart(curve, "Distilled vs CTC-only student, same training time").savefig(
+        Path(args.out) / "distill.png", dpi=120)
+    print(f"wrote {Path(args.out) / 'race.json'}, distill.csv and distill.png")
+    return 0
+
+
 DEFAULT_CONV = ModelConfig.conv  # the one default, read from the model config
 
 
@@ -622,6 +670,42 @@ def add_commands(sub) -> None:
                         "--score test=corpora/mini/test.csv --score unseen=corpora/unseen/test.csv")
     p.add_argument("--out", default="runs/race")
     p.set_defaults(func=cmd_race)
+
+    p = sub.add_parser("prune", help="magnitude-prune a checkpoint or drop LSTM units (--structured); "
+                       "the result loads like any checkpoint")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--out", required=True, help="the pruned checkpoint (.ckpt)")
+    p.add_argument("--sparsity", type=non_negative,
+                   help="share of each RNN/dense weight matrix to zero (0.5 = half; smallest |w| first); "
+                        "with --structured: the share of hidden units to remove")
+    p.add_argument("--structured", action="store_true",
+                   help="remove whole hidden units (a narrower, really smaller network) instead of zeroing weights")
+    p.add_argument("--keep-units", type=at_least(1), help="with --structured: hidden units to keep per RNN layer")
+    p.add_argument("--preset", choices=["paper", "mini"], help="only for checkpoints that do not record it")
+    p.add_argument("--finetune-steps", type=at_least(0), default=0,
+                   help="train the pruned model this many steps first (zeroed weights stay zero)")
+    p.add_argument("--manifest", help="training manifest for --finetune-steps")
+    p.add_argument("--lr", type=positive, default=3e-4, help="fine-tuning learning rate")
+    p.add_argument("--batch-size", type=at_least(1), default=16)
+    p.add_argument("--mode", choices=["graph", "pynative"], default="graph")
+    p.set_defaults(func=cmd_prune)
+
+    p = sub.add_parser("distill", help="a narrow student distilled from a teacher vs the same student with CTC "
+                       "alone, the same training time each")
+    p.add_argument("--teacher", required=True, help="teacher checkpoint (e.g. data/mini_pretrained.ckpt)")
+    p.add_argument("--train", required=True, help="training manifest")
+    p.add_argument("--eval", required=True, help="held-out manifest (CER points and the final table)")
+    p.add_argument("--hidden-size", type=at_least(1), default=96)
+    p.add_argument("--hidden-layers", type=at_least(1), default=2)
+    p.add_argument("--alpha", type=non_negative, default=0.5, help="weight of CTC (1 - alpha: KL to the teacher)")
+    p.add_argument("--temperature", type=positive, default=2.0)
+    p.add_argument("--minutes", type=positive, default=8.0, help="training time per student")
+    p.add_argument("--eval-every", type=positive, default=60.0, help="seconds of training between CER points")
+    p.add_argument("--eval-limit", type=at_least(1), default=64, help="held-out utterances per CER point")
+    p.add_argument("--batch-size", type=at_least(1), default=16)
+    p.add_argument("--mode", choices=["graph", "pynative"], default="graph")
+    p.add_argument("--out", default="runs/distill")
+    p.set_defaults(func=cmd_distill)
 
     p = sub.add_parser("pretrained", help="the course's pretrained DeepSpeech.ckpt")
     psub = p.add_subparsers(dest="action", required=True)

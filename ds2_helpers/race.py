@@ -31,6 +31,10 @@ class RaceConfig:
     schedule_steps: int | None = None
     augment: str | None = None  # training augmentation, AugmentConfig.of's kinds: "speed,gain,noise,specaugment"
 
+    distill_from: str | None = None  # a teacher checkpoint: train against its posteriors too (ds2_helpers.distill)
+    distill_alpha: float = 0.5  # weight of the CTC loss; 1 - alpha goes to the KL to the teacher
+    distill_temperature: float = 2.0
+
     def train_overrides(self) -> dict:
         """The TrainConfig fields this contestant changes (none for the defaults: the mini preset as it is)."""
         overrides = {"optimizer": self.optimizer, "schedule": self.schedule}
@@ -47,6 +51,14 @@ class RaceConfig:
         overrides = {k: v for k, v in {"hidden_size": self.hidden_size, "hidden_layers": self.hidden_layers,
                                        "rnn_type": self.rnn_type}.items() if v is not None}
         return model_preset("mini", **overrides)
+
+    def loss_cell(self):
+        """The Trainer's loss: CTC (None), or distillation from `distill_from`."""
+        if not self.distill_from:
+            return None
+        from ds2_helpers.distill import loss_cell
+
+        return loss_cell(self.distill_from, self.distill_alpha, self.distill_temperature)
 
 
 def contestants(train_utterances: int) -> list[RaceConfig]:
@@ -90,7 +102,8 @@ def race_one(cfg: RaceConfig, train_manifest, eval_manifest, out, *, seconds: fl
                              "epochs are open-ended); race.run estimates it from the budget")
     tcfg = train_preset("mini", batch_size=batch_size, mode=mode, epochs=10_000, save_every=0, seed=seed,
                         augment=AugmentConfig.of(cfg.augment), **cfg.train_overrides())
-    trainer = Trainer(cfg.model_config(), tcfg, Path(out), rank=0, world=1, conv_impl=cfg.conv_impl)
+    trainer = Trainer(cfg.model_config(), tcfg, Path(out), rank=0, world=1, conv_impl=cfg.conv_impl,
+                      loss_cell=cfg.loss_cell())
     train = SpeechData(train_manifest, limit=cfg.limit)
     held_out = SpeechData(eval_manifest, limit=eval_limit)
     curve: list[dict] = []

@@ -142,12 +142,13 @@ class Trainer:
     """Builds network, optimizer and step; runs epochs with logging and checkpoints in `out`.
 
     `conv_impl` overrides `model_cfg.conv` (MindSpore's Conv2d by default: our matmul convolution's step time
-    grows run after run of steps, notebook 07); checkpoints record it."""
+    grows run after run of steps, notebook 07); checkpoints record it. `loss_cell`: network -> loss cell taking
+    (x, x_len, y, y_len), instead of CTCLossNet (ds2_helpers.distill.loss_cell)."""
 
     def __init__(self, model_cfg: ModelConfig, train_cfg: TrainConfig, out: str | Path, *,
                  spect: SpectConfig = SpectConfig(), pretrained: str | Path | None = None,
                  rank: int | None = None, world: int | None = None, conv_impl: str | None = None,
-                 amp: str | None = None) -> None:
+                 amp: str | None = None, loss_cell=None) -> None:
         set_mode(train_cfg.mode)
         if rank is None or world is None:
             rank, world = distributed_context()
@@ -160,7 +161,7 @@ class Trainer:
         self.model_cfg = self.net.cfg  # with the convolution actually used
         self.pretrained_meta = ckpt.load_into(self.net, pretrained) if pretrained else None
         self.frozen = freeze(self.net, conv=train_cfg.freeze_conv, rnn_layers=train_cfg.freeze_rnn_layers)
-        self.loss_net = CTCLossNet(self._with_amp(self.net, amp))
+        self.loss_net = (loss_cell or CTCLossNet)(self._with_amp(self.net, amp))  # loss_cell: e.g. distill
         self.optimizer = build_optimizer(train_cfg, self.net.trainable_params())
         self.step_cell = TrainStep(self.loss_net, self.optimizer, train_cfg.max_grad_norm, world)
         if train_cfg.dynamic_shapes and train_cfg.mode.lower() == "graph":
