@@ -73,3 +73,22 @@ def test_frozen_layers_count_forward_only_flops():
     full = bench.BenchConfig(name="x")
     rate = {"audio_seconds_per_second": 1.0}
     assert bench.project(rate, frozen, 100.0)["floor_epoch_hours"] < bench.project(rate, full, 100.0)["floor_epoch_hours"]
+
+
+def test_demo_takes_the_largest_batch_whose_reference_memory_fits():
+    """Notebook 07's default: course, PyNative, length-sorted at the largest batch that fits, frozen at that batch."""
+    from ds2_helpers.experiments import demo, largest_fitting_batch
+
+    ref = {"results": [{"preset": "paper", "kind": "step", "batch_size": b, "fixed_frames": None, "peak_rss_mb": gb * 1024}
+                       for b, gb in ((1, 5.5), (4, 8.8), (8, 12.0), (16, 17.7))]
+           + [{"preset": "paper", "kind": "baseline", "batch_size": 1, "fixed_frames": 1250, "peak_rss_mb": 1.0}]}
+    assert largest_fitting_batch(ref, memory_gb=24.0) == 16   # 17.7 GB <= 24 x 0.85
+    assert largest_fitting_batch(ref, memory_gb=16.0) == 8    # 12.0 <= 13.6 < 17.7
+    assert largest_fitting_batch(ref, memory_gb=8.0) == 1     # only batch 1's 5.5 GB fits 6.8
+    assert largest_fitting_batch(None, memory_gb=64.0) == 1   # nothing known: the course's batch
+    configs = demo(ref, memory_gb=16.0)
+    assert [c.kind for c in configs] == ["baseline", "contrast", "other model", "step"]
+    course, pynative, frozen, best = configs
+    assert course.fixed_frames == 1250 and course.batch_size == 1 and pynative.mode == "pynative"
+    assert best.batch_size == frozen.batch_size == 8 and best.fixed_frames is None and best.preset == "paper"
+    assert frozen.freeze_conv and frozen.freeze_rnn_layers == 3 and best.seconds == course.seconds == 12.7
