@@ -90,9 +90,13 @@ def export_onnx(net: DeepSpeech2, out: str | Path, *, frames: int = 3600) -> tup
 
 class ExportedModel:
     """A reloaded MindIR (nn.GraphCell), with the padding a fixed input length needs (`frames`: from the sidecar;
-    None for a model exported with a free time axis)."""
+    None for a model exported with a free time axis).
 
-    def __init__(self, path: str | Path, frames: int | None = None) -> None:
+    A free-length graph pays once for every new input length it meets (MindSpore infers its shapes then; for the
+    mini model that first call took several times as long as the later ones), so inputs are padded up to a
+    multiple of `bucket` frames: a few lengths, each paid once."""
+
+    def __init__(self, path: str | Path, frames: int | None = None, bucket: int = 64) -> None:
         path = Path(path)
         if not path.exists():
             raise ExportError(f"{path}: no such MindIR; create it with `python -m ds2_helpers export`")
@@ -101,11 +105,12 @@ class ExportedModel:
             raise ExportError(f"{path}: no {sidecar(path).name} beside it; pass the exported input frames")
         self.meta = json.loads(sidecar(path).read_text()) if sidecar(path).exists() else {}
         self.frames = frames or self.meta.get("frames")
+        self.bucket = bucket
         self.graph = nn.GraphCell(ms.load(str(path)))
 
     def __call__(self, spect: np.ndarray) -> np.ndarray:
         """Log-probs [T', 29] for one spectrogram [bins, T] (T at most the exported frames, if fixed)."""
-        frames = self.frames or spect.shape[1]
+        frames = self.frames or -(-spect.shape[1] // self.bucket) * self.bucket
         if spect.shape[1] > frames:
             raise ExportError(f"{spect.shape[1]} frames ({spect.shape[1] / 100:.1f} s) exceed the {frames} frames "
                               f"{self.path.name} was exported for: export again with --frames {spect.shape[1]}")
