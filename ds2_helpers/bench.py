@@ -51,6 +51,7 @@ class BenchConfig:
     hidden_layers: int | None = None
     rnn_type: str | None = None
     padding_fraction: float = 0.0   # extra padded frames, as a fraction of the batch (unsorted batches)
+    device: str = "CPU"             # MindSpore's device: "GPU" or "Ascend" need MindSpore's wheel for them
     kind: str = "step"              # baseline | step (same model and data: a recommendation candidate)
                                     # | contrast (what not to do) | other model (changes what is learned)
 
@@ -94,6 +95,8 @@ def run_one(cfg: BenchConfig, *, steps: int = 3, warmup: int = 1) -> dict:
     from ds2_helpers.config import train_preset
     from ds2_helpers.train import Trainer
 
+    if cfg.device != "CPU":
+        ms.set_device(cfg.device)
     if cfg.threads:
         ms.set_context(runtime_num_threads=cfg.threads)
     tcfg = train_preset("paper", batch_size=cfg.batch_size, mode=cfg.mode, save_every=0,

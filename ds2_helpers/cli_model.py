@@ -335,6 +335,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         configs = demo(load_reference(data_dir() / "bench_reference_2core.json"))
     else:
         configs = experiments(quick=args.quick, only=args.only)
+    if args.device != "CPU":
+        from dataclasses import replace
+
+        configs = [replace(c, device=args.device) for c in configs]
     suite = Suite(configs, steps=args.steps or (2 if args.quick else 1 if args.demo else 3), warmup=1)
     files = write_results(suite.run(), args.out)
     print("wrote", ", ".join(str(p) for p in files.values()))
@@ -621,6 +625,9 @@ def add_commands(sub) -> None:
     p.add_argument("--demo", action="store_true",
                    help="notebook 07's default: the paper model, 12.7 s utterances, the four configurations that answer "
                         "the course's question, one timed step each (about 10 minutes on 2 cores)")
+    p.add_argument("--device", choices=["CPU", "GPU", "Ascend"], default="CPU",
+                   help="train on this MindSpore device (GPU/Ascend need MindSpore's wheel for them): measures on a "
+                        "GPU server what notebook 07 can only project")
     p.add_argument("--inference", action="store_true",
                    help="real-time factor of batch-1 (graph, PyNative, MindIR) and evaluate-sized inference against "
                         "the machine's roofline, instead of training steps")

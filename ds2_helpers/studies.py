@@ -157,3 +157,40 @@ def scale_out_hours(epoch_hours: float, step_seconds: float, machines: list[int]
         rows.append({"machines": k, "allreduce_seconds_per_step": comm, "epoch_hours": hours,
                      "efficiency": epoch_hours / k / hours})
     return pd.DataFrame(rows)
+
+
+#: The model zoo's published training speed (official/audio/DeepSpeech2/README.md, "Training Performance"):
+#: 2 x NV SMX2 V100-32G, MindSpore 1.0.0, batch_size 20 per device, 2.139 s per step.
+ZOO_GPU = {"devices": 2, "device": "V100-32G", "batch_per_device": 20, "step_seconds": 2.139,
+           "source": "model zoo README, official/audio/DeepSpeech2, Training Performance (MindSpore 1.0.0)"}
+
+
+def hardware_projection(epoch_hours: float, floor_hours: float, cores: int, per_doubling: float, *,
+                        core_counts=(4, 8, 16, 32), utterances: int | None = None):
+    """Epoch hours on other hardware, each row a projection labelled with what it rests on - none measured here.
+
+    - more cores, best case: this machine's floor divided by the core ratio (the arithmetic divides perfectly);
+    - more cores at a measured thread scaling: this machine's best epoch, each doubling of the cores giving the
+      speed-up `per_doubling` (notebook 07 takes it from the reference run's 1-thread row);
+    - GPUs: the model zoo's published step time on 2 x V100 at batch 20 per device, times the steps of one
+      epoch of `utterances` (its padding and utterance lengths are the zoo's own, not ours)."""
+    import math
+
+    import pandas as pd
+
+    from ds2_helpers.bench import EPOCH_UTTERANCES
+
+    utterances = utterances or EPOCH_UTTERANCES
+    rows = [{"hardware": f"this machine ({cores} cores)", "epoch_hours": epoch_hours,
+             "rests_on": "measured in this notebook (best full-architecture configuration)"}]
+    for n in core_counts:
+        rows.append({"hardware": f"{n} cores, perfect scaling", "epoch_hours": floor_hours * cores / n,
+                     "rests_on": "this machine's floor x cores / n: a bound, not an estimate"})
+        rows.append({"hardware": f"{n} cores, scaling as measured", "epoch_hours":
+                     epoch_hours / per_doubling ** math.log2(n / cores),
+                     "rests_on": f"{per_doubling:.2f}x per doubling of the threads (the reference run's)"})
+    steps = math.ceil(utterances / (ZOO_GPU["devices"] * ZOO_GPU["batch_per_device"]))
+    rows.append({"hardware": f"{ZOO_GPU['devices']} x {ZOO_GPU['device']} (GPU)",
+                 "epoch_hours": steps * ZOO_GPU["step_seconds"] / 3600,
+                 "rests_on": f"{steps} steps x {ZOO_GPU['step_seconds']} s ({ZOO_GPU['source']})"})
+    return pd.DataFrame(rows)

@@ -92,3 +92,10 @@ def test_demo_takes_the_largest_batch_whose_reference_memory_fits():
     assert course.fixed_frames == 1250 and course.batch_size == 1 and pynative.mode == "pynative"
     assert best.batch_size == frozen.batch_size == 8 and best.fixed_frames is None and best.preset == "paper"
     assert frozen.freeze_conv and frozen.freeze_rnn_layers == 3 and best.seconds == course.seconds == 12.7
+
+
+def test_another_device_is_tried_and_the_refusal_named():
+    """`bench --device GPU` on a CPU-only MindSpore: the row carries MindSpore's refusal, nothing is projected."""
+    result = bench.run_isolated(bench.BenchConfig(name="gpu", preset="mini", seconds=1.0, device="GPU"), steps=1,
+                                warmup=0, timeout=300)
+    assert "GPU" in result["error"] and "step_seconds" not in result

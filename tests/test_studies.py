@@ -40,3 +40,16 @@ def test_step_drift_logs_every_step_of_each_convolution(tiny_corpus, tmp_path):
         assert list(group.step) == [1, 2, 3, 4] and (group.step_seconds > 0).all()
     fig = charts.drift_chart(frame, every=2)
     assert len(fig.axes[0].lines) == 2 and list(fig.axes[0].lines[0].get_xdata()) == [2, 4]
+
+
+def test_hardware_projection_rows_rest_on_their_sources():
+    from ds2_helpers import studies
+
+    table = studies.hardware_projection(40.0, 10.0, 2, per_doubling=1.5, core_counts=(4, 8), utterances=4000)
+    rows = table.set_index("hardware").epoch_hours
+    assert rows["this machine (2 cores)"] == 40.0
+    assert rows["4 cores, perfect scaling"] == pytest.approx(5.0) and rows["8 cores, perfect scaling"] == pytest.approx(2.5)
+    assert rows["4 cores, scaling as measured"] == pytest.approx(40.0 / 1.5)     # one doubling at the measured 1.5x
+    assert rows["8 cores, scaling as measured"] == pytest.approx(40.0 / 1.5 ** 2)
+    assert rows["2 x V100-32G (GPU)"] == pytest.approx(100 * 2.139 / 3600)      # 4000 / (2 x 20) = 100 steps
+    assert table.rests_on.str.len().min() > 10  # every row says what it rests on
