@@ -5,22 +5,16 @@ import numpy as np
 import pytest
 
 from ds2_helpers import checkpoint as ckpt
-from ds2_helpers.config import model_preset
 from ds2_helpers.decode import greedy_decode
 from ds2_helpers.export import ExportedModel, ExportError, checkpoint_log_probs, export_mindir, export_onnx
 from ds2_helpers.features import load_audio, spectrogram
 from ds2_helpers.librispeech import read_manifest
-from ds2_helpers.model import DeepSpeech2
 from ds2_helpers.paths import data_dir
 
 
 @pytest.fixture(scope="module")
 def net():
-    ms.set_context(mode=ms.PYNATIVE_MODE)
-    model = DeepSpeech2(model_preset("mini"))
-    ckpt.load_into(model, data_dir() / "mini_pretrained.ckpt")
-    model.set_train(False)
-    return model
+    return ckpt.load_model(str(data_dir() / "mini_pretrained.ckpt"))[0]  # PyNative, inference mode
 
 
 def test_exported_mindir_matches_the_checkpoint(net, tiny_corpus, tmp_path):

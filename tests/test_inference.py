@@ -14,11 +14,7 @@ from ds2_helpers.paths import data_dir
 
 @pytest.fixture(scope="module")
 def mini():
-    ms.set_context(mode=ms.PYNATIVE_MODE)
-    net = DeepSpeech2(model_preset("mini"))
-    ckpt.load_into(net, data_dir() / "mini_pretrained.ckpt")
-    net.set_train(False)
-    return net
+    return ckpt.load_model(str(data_dir() / "mini_pretrained.ckpt"))[0]  # PyNative, inference mode
 
 
 def _batch(n, frames, lengths, seed=0):
