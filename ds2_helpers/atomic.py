@@ -56,6 +56,19 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write(path, lambda fh: fh.write(text))
 
 
+def atomic_savefig(fig, path: str | Path, *, close: bool = True, **kwargs) -> Path:
+    """Save a matplotlib figure atomically (the format from the path's suffix), then close it unless `close` is
+    False; `kwargs` go to `savefig` (dpi, bbox_inches)."""
+    path = Path(path)
+    atomic_write_path(path, lambda tmp: fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", **kwargs),
+                      suffix=path.suffix or ".png")
+    if close:
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+    return path
+
+
 def check_writable(path: str | Path) -> Path:
     """Before long work whose result goes to `path`: create its folder and write a probe file there, so a
     missing permission or a file in the way fails now (as the OSError naming the path), not hours later."""

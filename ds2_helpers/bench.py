@@ -121,17 +121,13 @@ def run_one(cfg: BenchConfig, *, steps: int = 3, warmup: int = 1) -> dict:
             "padding_fraction": batch.padding_fraction}
 
 
-def run_isolated(cfg: BenchConfig, *, steps: int, warmup: int, timeout: float = 3600) -> dict:
-    """Run one configuration in a fresh process; failures come back as {'error': ...}, never an exception."""
-    env = dict(os.environ, GLOG_v="3")
-    if cfg.threads:
-        env["OMP_NUM_THREADS"] = str(cfg.threads)
-    if cfg.onednn_isa:
-        env["ONEDNN_MAX_CPU_ISA"] = cfg.onednn_isa
-    args = [sys.executable, "-m", "ds2_helpers", "bench-one", json.dumps(asdict(cfg)), "--steps", str(steps),
-            "--warmup", str(warmup)]
+def run_json_process(args: list[str], *, env: dict | None = None, timeout: float = 3600) -> dict:
+    """Run `args` (a measurement that prints its result as one JSON line) in a fresh process; a failure comes back
+    as {'error': ...}, never an exception: a timeout, a kill (named: on Linux usually the out-of-memory killer) or
+    the error line of its output."""
     try:
-        run = subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=env)
+        run = subprocess.run(args, capture_output=True, text=True, timeout=timeout,
+                             env=dict(env if env is not None else os.environ, GLOG_v="3"))
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout:.0f} s"}
     for line in reversed(run.stdout.splitlines()):
@@ -142,8 +138,21 @@ def run_isolated(cfg: BenchConfig, *, steps: int, warmup: int, timeout: float = 
         return {"error": f"killed by signal {-run.returncode} (on Linux usually the out-of-memory killer: "
                          f"this machine has {total:.0f} GiB)"}
     lines = [l for l in (run.stderr or run.stdout).splitlines() if l.strip() and "WARNING" not in l]
-    reason = next((l for l in lines if "Error" in l or "error" in l), lines[-1] if lines else "no output")
+    reason = next((l for l in lines if "Error" in l or "error" in l),
+                  lines[-1] if lines else f"exit status {run.returncode}, no output")
     return {"error": reason.strip()[:300]}
+
+
+def run_isolated(cfg: BenchConfig, *, steps: int, warmup: int, timeout: float = 3600) -> dict:
+    """Run one configuration in a fresh process (`run_json_process`)."""
+    env = dict(os.environ)
+    if cfg.threads:
+        env["OMP_NUM_THREADS"] = str(cfg.threads)
+    if cfg.onednn_isa:
+        env["ONEDNN_MAX_CPU_ISA"] = cfg.onednn_isa
+    args = [sys.executable, "-m", "ds2_helpers", "bench-one", json.dumps(asdict(cfg)), "--steps", str(steps),
+            "--warmup", str(warmup)]
+    return run_json_process(args, env=env, timeout=timeout)
 
 
 def matmul_gflops(sizes: tuple[int, ...] = (2048, 4096), repeats: int = 2) -> dict[str, float]:
@@ -240,10 +249,9 @@ def write_results(results: list[dict], out: str | Path) -> dict[str, Path]:
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import pandas as pd
 
-    from ds2_helpers.atomic import atomic_write_text
+    from ds2_helpers.atomic import atomic_savefig, atomic_write_text
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -251,9 +259,7 @@ def write_results(results: list[dict], out: str | Path) -> dict[str, Path]:
     atomic_write_text(out / "results.json", json.dumps(payload, indent=2))
     frame = pd.DataFrame(results)
     atomic_write_text(out / "results.csv", frame.drop(columns=["step_seconds_all"], errors="ignore").to_csv(index=False))
-    fig = charts.epoch_chart(frame)
-    fig.savefig(out / "epoch_hours.png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
+    atomic_savefig(charts.epoch_chart(frame), out / "epoch_hours.png", dpi=100, bbox_inches="tight")
     return {"json": out / "results.json", "csv": out / "results.csv", "png": out / "epoch_hours.png"}
 
 

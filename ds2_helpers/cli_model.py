@@ -367,6 +367,7 @@ def cmd_race(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from ds2_helpers import race
+    from ds2_helpers.atomic import atomic_savefig
     from ds2_helpers.dataset import SpeechData
 
     score = {}
@@ -414,10 +415,17 @@ def cmd_race(args: argparse.Namespace) -> int:
                      extra={"suite": args.suite, **({"schedule_probes": probes} if probes else {})}, **common)
     if args.suite in race.CONTESTANTS:
         print(race.time_to_target(curve, args.targets).to_string(index=False))
-        race.curve_chart(curve).savefig(out / "race.png", dpi=120)
+        atomic_savefig(race.curve_chart(curve), out / "race.png", dpi=120)
     else:
         print(race.optimizer_table(curve, configs, args.targets).to_string(index=False))
-        race.optimizer_chart(curve, configs, thresholds=args.targets).savefig(out / "race.png", dpi=120)
+        atomic_savefig(race.optimizer_chart(curve, configs, thresholds=args.targets), out / "race.png", dpi=120)
+        if not args.rates:  # the sweep ran first: sweep and race in one file, notebook 08's reference format
+            import json
+
+            from ds2_helpers.atomic import atomic_write_text
+
+            atomic_write_text(out / "optimizers.json", json.dumps(race.optimizer_reference(out), indent=1))
+            print(f"wrote {out / 'optimizers.json'} (the sweep and the race)")
     if score:
         print(race.final_scores(curve).to_string(index=False))
     print(f"wrote {out / 'race.json'} and race.png")
@@ -471,12 +479,12 @@ def cmd_distill(args: argparse.Namespace) -> int:
                            eval_every=args.eval_every, hidden_size=args.hidden_size, hidden_layers=args.hidden_layers,
                            alpha=args.alpha, temperature=args.temperature, eval_limit=args.eval_limit,
                            batch_size=args.batch_size, mode=args.mode)
-    from ds2_helpers.atomic import atomic_write_text
+    from ds2_helpers.atomic import atomic_savefig, atomic_write_text
 
     atomic_write_text(Path(args.out) / "distill.csv", table.to_csv(index=False))
     print(table.to_string(index=False))
-    race.curve_chart(curve, "Distilled vs CTC-only student, same training time").savefig(
-        Path(args.out) / "distill.png", dpi=120)
+    atomic_savefig(race.curve_chart(curve, "Distilled vs CTC-only student, same training time"),
+                   Path(args.out) / "distill.png", dpi=120)
     print(f"wrote {Path(args.out) / 'race.json'}, distill.csv and distill.png")
     return 0
 

@@ -139,10 +139,15 @@ def compare(teacher: str | Path, train_manifest, eval_manifest, out, *, seconds:
 
     Returns (curve, table): the race's CER curve and one row per network - parameters, steps trained, seconds
     per training step (training time / steps: the distilled one pays the teacher's forward pass), best and last
-    held-out CER, and the median forward pass over one fixed held-out batch (PyNative, as `evaluate`). The
+    held-out CER, and the median forward pass over one fixed held-out batch (Graph, as `evaluate` runs it). The
     two students share one architecture, so one inference time serves both: MindSpore's dense kernels take the
-    same time whatever the weights are."""
+    same time whatever the weights are. The curves and the table also go to out/distill.json (what notebook 08
+    reads as its reference)."""
+    import json
+
     import pandas as pd
+
+    from ds2_helpers.atomic import atomic_write_text
 
     from ds2_helpers import race
     from ds2_helpers.config import model_preset
@@ -172,4 +177,8 @@ def compare(teacher: str | Path, train_manifest, eval_manifest, out, *, seconds:
         rows.append({"name": cfg.name, "parameters": last["parameters"], "steps": last["step"],
                      "step_seconds": last["train_seconds"] / max(last["step"], 1),
                      "best_cer": min(p["cer"] for p in points), "last_cer": last["cer"], "inference_ms": student_ms})
-    return curve, pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    race_json = Path(out) / "race.json"  # race.run's curves and machine, with the table: out/distill.json
+    atomic_write_text(Path(out) / "distill.json", json.dumps(
+        {**json.loads(race_json.read_text()), "teacher": str(teacher), "table": table.to_dict("records")}, indent=1))
+    return curve, table

@@ -15,7 +15,6 @@ import json
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -123,17 +122,11 @@ def run_one(cfg: InferenceConfig) -> dict:
 
 
 def run_isolated(cfg: InferenceConfig, timeout: float = 3600) -> dict:
-    """`run_one` in a fresh process; a failure comes back as {'error': ...}."""
-    args = [sys.executable, "-m", "ds2_helpers.inference_bench", json.dumps(asdict(cfg))]
-    try:
-        run = subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=dict(os.environ, GLOG_v="3"))
-    except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {timeout:.0f} s"}
-    for line in reversed(run.stdout.splitlines()):
-        if line.startswith("{"):
-            return json.loads(line)
-    lines = [l for l in (run.stderr or run.stdout).splitlines() if l.strip() and "WARNING" not in l]
-    return {"error": (lines[-1] if lines else f"exit status {run.returncode}").strip()[:300]}
+    """`run_one` in a fresh process (`bench.run_json_process`: a failure comes back as {'error': ...})."""
+    from ds2_helpers.bench import run_json_process
+
+    return run_json_process([sys.executable, "-m", "ds2_helpers.inference_bench", json.dumps(asdict(cfg))],
+                            timeout=timeout)
 
 
 def machine_rates(presets) -> dict:
@@ -203,7 +196,7 @@ def table(run: dict):
 
 def write(run: dict, out: str | Path) -> dict[str, Path]:
     """inference.json, inference.csv and inference.png in `out`, each written atomically."""
-    from ds2_helpers.atomic import atomic_write_path, atomic_write_text
+    from ds2_helpers.atomic import atomic_savefig, atomic_write_text
     from ds2_helpers.charts import inference_chart
 
     out = Path(out)
@@ -212,11 +205,7 @@ def write(run: dict, out: str | Path) -> dict[str, Path]:
     atomic_write_text(paths["json"], json.dumps(run, indent=1))
     atomic_write_text(paths["csv"], table(run).to_csv(index=False))
     fig = inference_chart(run)
-    atomic_write_path(paths["png"], lambda tmp: fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png"),
-                      suffix=".png")
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
+    atomic_savefig(fig, paths["png"], dpi=110, bbox_inches="tight")
     return paths
 
 

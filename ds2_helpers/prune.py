@@ -17,6 +17,7 @@ BatchNorm between the RNN layers (only in the convolutions, which pruning leaves
 
 from __future__ import annotations
 
+import json
 import re
 import statistics
 import tempfile
@@ -322,13 +323,16 @@ def middle_batch(data, size: int, pad_multiple: int = 64):
     return data.batch(sorted(order[start:start + size].tolist()), pad_multiple=pad_multiple)
 
 
-def forward(net, batch):
-    """A function running one inference pass of `net` over `batch` (results fetched), for timing."""
+def forward(net, batch, mode: str = "graph"):
+    """A function running one inference pass of `net` over `batch` (results fetched), for timing; `mode` as
+    `evaluate` runs it (ds2_helpers.inference.forward: Graph, compiled once, by default)."""
     import mindspore as ms
 
-    net.set_train(False)
+    from ds2_helpers.inference import forward as compiled
+
+    fn = compiled(net, mode)
     x, x_len = ms.Tensor(batch.x), ms.Tensor(batch.x_len)
-    return lambda: net(x, x_len)[0].asnumpy()
+    return lambda: fn(x, x_len)[0].asnumpy()
 
 
 def measure(checkpoint: str | Path, train_manifest, test_manifest, *, sparsities=(0.0, 0.3, 0.5, 0.7, 0.9),
@@ -342,9 +346,9 @@ def measure(checkpoint: str | Path, train_manifest, test_manifest, *, sparsities
     `finetune_steps` steps (masks kept), save the checkpoint, reload it as `evaluate` does and take the CER again.
     Then the times, round-robin over all variants (`interleaved_medians`, so load from other processes is shared
     out fairly): the median of `repeats` training steps (`mode`) on one fixed training batch and of `repeats`
-    forward passes (PyNative, as `evaluate`) on one fixed test batch, after `warmup` untimed rounds. The checkpoints and prune.csv are written
-    to `out` (a temporary folder when None: the table then has no checkpoint column).
-    """
+    forward passes (Graph, as `evaluate` runs them) on one fixed test batch, after `warmup` untimed rounds. The
+    checkpoints, prune.csv and prune.json (the table with the machine and the settings: notebook 08's reference)
+    are written to `out` (a temporary folder when None: the table then has no checkpoint column)."""
     if out is None:
         with tempfile.TemporaryDirectory(prefix="ds2-prune-") as tmp:
             return measure(checkpoint, train_manifest, test_manifest, sparsities=sparsities, units=units,
@@ -355,6 +359,7 @@ def measure(checkpoint: str | Path, train_manifest, test_manifest, *, sparsities
     import pandas as pd
 
     from ds2_helpers.atomic import atomic_write_text
+    from ds2_helpers.bench import machine
     from ds2_helpers.checkpoint import load_model
     from ds2_helpers.dataset import SpeechData
     from ds2_helpers.evaluate import evaluate
@@ -381,7 +386,7 @@ def measure(checkpoint: str | Path, train_manifest, test_manifest, *, sparsities
                                   batch_size=batch_size, mode=mode, data=train)
         path = save_pruned(folder / f"{kind}-{share:.2f}-h{hidden}.ckpt", tuned, new_cfg, spect,
                            {"kind": kind, "share": share, "finetune_steps": finetune_steps, "from": str(checkpoint)})
-        net, _ = load_model(str(path))  # the checkpoint as `evaluate` loads it (PyNative)
+        net, _ = load_model(str(path))  # the checkpoint as `evaluate` loads it
         _, after = evaluate(net, test, batch_size=batch_size, on_skip=lambda m: None)
         trainers.append(trainer)
         nets.append(net)
@@ -397,11 +402,15 @@ def measure(checkpoint: str | Path, train_manifest, test_manifest, *, sparsities
                   f"{after['cer']:.3f} after {finetune_steps} fine-tuning steps", flush=True)
     ms.set_context(mode=ms.GRAPH_MODE if mode.lower() == "graph" else ms.PYNATIVE_MODE)
     steps = interleaved_medians([lambda t=t: t.step(step_batch) for t in trainers], repeats, warmup)
-    ms.set_context(mode=ms.PYNATIVE_MODE)
+    ms.set_context(mode=ms.PYNATIVE_MODE)  # inference.forward compiles each network with ms.jit from PyNative
     passes = interleaved_medians([forward(n, infer_batch) for n in nets], repeats, warmup)
     for row, step, infer in zip(rows, steps, passes):
         row.update(step_ms=1e3 * step, inference_ms=1e3 * infer)
     table = pd.DataFrame(rows)
     table.attrs.update(step_batch=list(step_batch.x.shape), inference_batch=list(infer_batch.x.shape), mode=mode)
     atomic_write_text(folder / "prune.csv", table.to_csv(index=False))
+    atomic_write_text(folder / "prune.json", json.dumps({
+        "machine": machine(), "measured": time.strftime("%Y-%m-%d %H:%M"), "checkpoint": str(checkpoint),
+        "test_manifest": str(test_manifest), "eval_limit": eval_limit, "finetune_steps": finetune_steps, "lr": lr,
+        "repeats": repeats, **table.attrs, "rows": table.to_dict("records")}, indent=1))
     return table

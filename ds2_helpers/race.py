@@ -296,13 +296,15 @@ def curve_chart(curve, title: str = "Held-out CER against training time", *, thr
 
 
 # ---- optimizers and learning-rate schedules as contestants (issue 12) --------------------------------------------
-SWEEP_RATES: dict[str, tuple[float, ...]] = {"adam": (3e-4, 1e-3, 3e-3), "lamb": (3e-3, 1e-2, 3e-2),
-                                             "sgd": (3e-4, 1e-3, 3e-3)}
+SWEEP_RATES: dict[str, tuple[float, ...]] = {"adam": (3e-4, 1e-3, 3e-3, 1e-2), "lamb": (3e-3, 1e-2, 3e-2, 1e-1),
+                                             "sgd": (3e-4, 1e-3, 3e-3, 1e-2, 3e-2)}
 """Rates tried per optimizer, half a decade apart: Adam around the mini preset's 1e-3; LAMB higher, since its
 rate is each layer's step relative to the layer's norm (Adam's step of 1e-3 per weight is already a few percent
-of a mini-model weight at initialisation); SGD with momentum 0.9 from deepspeech.pytorch's
-3e-4 (its loss is also averaged over the batch) upwards, as the mini model is smaller. A best rate at an end of
-its row is flagged by `best_rates`: widen the row and sweep again."""
+of a mini-model weight at initialisation); SGD with momentum 0.9 from deepspeech.pytorch's 3e-4 (its loss is also
+averaged over the batch) upwards, as the mini model is smaller. The rows began with three rates each; the reference
+sweep (data/optimizer_reference_2core.json, 3 min per rate) found every best at the top of its row and was
+extended upward until a larger rate did worse (SGD's row stops at 3e-2). A best rate at an end of its row is
+flagged by `best_rates`: widen the row and sweep again."""
 RACE_SCHEDULES = ("constant", "anneal", "cosine")
 """The schedules each optimizer races with: a constant rate, the per-epoch anneal of today, warm-up + cosine."""
 
@@ -393,3 +395,51 @@ def optimizer_chart(curve, configs: list[RaceConfig], thresholds=(0.4, 0.2),
     styles = {c.name: {"color": "black" if c.name.startswith("today") else colours[c.optimizer],
                        "linestyle": dashes.get(c.schedule, "-")} for c in configs}
     return curve_chart(curve, title, thresholds=thresholds, styles=styles)
+
+
+def optimizer_reference(out) -> dict:
+    """The sweep and the race of `race --suite optimizers --out OUT` as one record (what notebook 08 reads as its
+    reference): {"machine", "measured", "sweep": sweep's race.json + sweep.json, "race": OUT/race.json}."""
+    out = Path(out)
+    race_run = json.loads((out / "race.json").read_text())
+    sweep = {**json.loads((out / "sweep" / "race.json").read_text()),
+             **json.loads((out / "sweep" / "sweep.json").read_text())}
+    return {"machine": race_run["machine"], "measured": race_run["measured"], "sweep": sweep, "race": race_run}
+
+
+def todays_row(table):
+    """The row of today's rule in an `optimizer_table`: the `today: ...` contestant, else Adam with the anneal at the
+    mini preset's rate (the tuned rate was today's, so no separate run); None when neither raced."""
+    from ds2_helpers.config import train_preset
+
+    named = table[table.name.str.startswith("today")]
+    if len(named):
+        return named.iloc[0]
+    same = table[(table.optimizer == "adam") & (table.schedule == "anneal")
+                 & (table.learning_rate == train_preset("mini").learning_rate)]
+    return same.iloc[0] if len(same) else None
+
+
+def optimizer_recommendation(table) -> str:
+    """One sentence from an `optimizer_table` (ranked): the first contestant against today's rule, at the strictest
+    target the first one reached (the ranking guarantees nobody reached a stricter one)."""
+    first, today = table.iloc[0], todays_row(table)
+    if today is None:
+        return f"{first['name']} ranked first (best CER {first.best_cer:.3f}); today's rule did not race"
+    if first["name"] == today["name"]:
+        return f"keep today's rule: {first['name']} ranked first (best CER {first.best_cer:.3f})"
+    targets = sorted((c for c in table.columns if c.startswith("minutes_to_cer_")),
+                     key=lambda c: float(c.rsplit("_", 1)[1]))
+    for column in targets:
+        if first[column] != first[column]:  # NaN: not reached
+            continue
+        target = column.rsplit("_", 1)[1]
+        if today[column] != today[column]:
+            return (f"{first['name']} reached CER {target} after {first[column]:.1f} min of training; "
+                    f"{today['name']} did not within the budget (best CER {first.best_cer:.3f} against "
+                    f"{today.best_cer:.3f})")
+        return (f"{first['name']} reached CER {target} after {first[column]:.1f} min of training against "
+                f"{today[column]:.1f} min for {today['name']} ({today[column] / first[column]:.1f}x sooner); "
+                f"best CER {first.best_cer:.3f} against {today.best_cer:.3f}")
+    return (f"no contestant reached a target; {first['name']} ended best (CER {first.best_cer:.3f} against "
+            f"{today.best_cer:.3f} for {today['name']})")

@@ -1,6 +1,7 @@
 """The step harness measures real steps in child processes and projects epochs from them."""
 
 import json
+import sys
 
 import pytest
 
@@ -99,3 +100,16 @@ def test_another_device_is_tried_and_the_refusal_named():
     result = bench.run_isolated(bench.BenchConfig(name="gpu", preset="mini", seconds=1.0, device="GPU"), steps=1,
                                 warmup=0, timeout=300)
     assert "GPU" in result["error"] and "step_seconds" not in result
+
+
+def test_a_measurement_process_reports_its_result_or_why_it_failed():
+    """bench and inference_bench run each row in its own process: its JSON line, or one reason - a kill (named
+    as the likely out-of-memory killer), a timeout, the error line of a crash."""
+    py = [sys.executable, "-c"]
+    assert bench.run_json_process(py + ['print("noise"); print(\'{"rtf": 0.5}\')']) == {"rtf": 0.5}
+    killed = bench.run_json_process(py + ["import os, signal; os.kill(os.getpid(), signal.SIGKILL)"])
+    assert "killed by signal 9" in killed["error"] and "out-of-memory" in killed["error"]
+    assert bench.run_json_process(py + ["import time; time.sleep(5)"], timeout=0.5)["error"].startswith("timed out")
+    crash = bench.run_json_process(py + ["raise ValueError('bad shape')"])
+    assert crash["error"] == "ValueError: bad shape"
+    assert "exit status 3" in bench.run_json_process(py + ["import sys; sys.exit(3)"])["error"]

@@ -11,7 +11,7 @@ NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("
 def test_the_numbered_notebooks_exist():
     names = [p.stem for p in NOTEBOOKS]
     assert names == ["00_environment", "01_manifests", "02_spectrograms", "03_model", "04_train", "05_evaluate",
-                     "06_export", "07_speedups"]
+                     "06_export", "07_speedups", "08_training_recipes"]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)

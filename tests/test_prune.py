@@ -3,6 +3,8 @@ structured pruning that computes exactly what the zeroed network computes."""
 
 from __future__ import annotations
 
+import json
+
 import mindspore as ms
 import numpy as np
 import pytest
@@ -197,10 +199,13 @@ def test_cli_names_a_missing_checkpoint(tmp_path, capsys):
     assert err.startswith("error: ") and "none.ckpt: no such checkpoint" in err and len(err.splitlines()) == 1
 
 
-def test_measure_returns_one_row_per_variant(tiny_checkpoint, tiny_corpus):
+def test_measure_returns_one_row_per_variant(tiny_checkpoint, tiny_corpus, tmp_path):
     table = prune.measure(tiny_checkpoint, tiny_corpus / "train.csv", tiny_corpus / "test.csv", sparsities=(0.9,),
                           units=(12,), finetune_steps=1, batch_size=4, eval_limit=4, repeats=1, warmup=0,
-                          mode="graph", progress=False)
+                          mode="graph", progress=False, out=tmp_path)
+    saved = json.loads((tmp_path / "prune.json").read_text())  # notebook 08's reference format
+    assert saved["rows"] == json.loads(json.dumps(table.to_dict("records"))) and saved["mode"] == "graph"
+    assert saved["step_batch"][0] == 4 and saved["machine"]["cores"] >= 1 and saved["finetune_steps"] == 1
     assert list(table.kind) == ["unstructured", "structured"] and list(table.hidden_size) == [24, 12]
     assert table.zero_fraction.iloc[0] == pytest.approx(0.9, abs=0.01) and table.zero_fraction.iloc[1] < 0.01
     assert table.nonzero.iloc[0] < 0.3 * table.parameters.iloc[0]  # the zeros survived the fine-tune

@@ -174,3 +174,43 @@ def test_an_augmented_contestant_trains_and_is_scored_on_extra_manifests(tiny_co
     assert len(curve) == 1 and curve[0]["step"] == 1  # the budget ends after the first step
     assert 0.5 < curve[0]["final_cer_test"] <= 1.5  # one step from scratch: CER near 1 (0 would mean no scoring)
     assert len(calls) == 4  # the one training batch was augmented; the evaluations were not
+
+
+def test_optimizer_reference_joins_the_sweep_and_the_race(tmp_path):
+    """`race --suite optimizers` leaves the sweep in OUT/sweep and the race in OUT: one record of both."""
+    import json
+
+    (tmp_path / "sweep").mkdir()
+    sweep_curve, race_curve = _curve("adam, constant, lr 0.001", [0.9]), _curve("today", [0.8, 0.3])
+    (tmp_path / "sweep" / "race.json").write_text(json.dumps({"machine": {"cores": 2}, "measured": "a",
+                                                              "seconds": 180.0, "curve": sweep_curve}))
+    (tmp_path / "sweep" / "sweep.json").write_text(json.dumps({"seconds": 180.0, "best": {"adam": {"learning_rate": 1e-3}}}))
+    (tmp_path / "race.json").write_text(json.dumps({"machine": {"cores": 2}, "measured": "b", "seconds": 300.0,
+                                                    "curve": race_curve}))
+    ref = race.optimizer_reference(tmp_path)
+    assert ref["measured"] == "b" and ref["race"]["curve"] == race_curve and ref["sweep"]["curve"] == sweep_curve
+    assert ref["sweep"]["best"]["adam"]["learning_rate"] == 1e-3 and ref["sweep"]["seconds"] == 180.0
+
+
+def test_the_recommendation_compares_the_winner_with_todays_rule():
+    configs = [race.RaceConfig("today: adam + anneal, lr 0.001", learning_rate=1e-3),
+               race.RaceConfig("lamb + cosine", optimizer="lamb", schedule="cosine", learning_rate=0.01),
+               race.RaceConfig("sgd + constant", optimizer="sgd", schedule="constant", learning_rate=0.01)]
+    curve = (_curve(configs[0].name, [0.9, 0.5, 0.3, 0.19]) + _curve(configs[1].name, [0.6, 0.35, 0.18])
+             + _curve(configs[2].name, [1.0, 1.0]))
+    table = race.optimizer_table(curve, configs, targets=(0.4, 0.2))
+    assert list(table.name) == [configs[1].name, configs[0].name, configs[2].name]
+    text = race.optimizer_recommendation(table)
+    assert text.startswith("lamb + cosine reached CER 0.2 after 3.0 min") and "4.0 min for today" in text
+    assert "(1.3x sooner)" in text
+    today_short = race.optimizer_table(curve[:3] + curve[4:], configs, targets=(0.4, 0.2))  # today: no 0.2
+    assert race.optimizer_recommendation(today_short).startswith(
+        "lamb + cosine reached CER 0.2 after 3.0 min of training; today: adam + anneal, lr 0.001 did not")
+    # no separate `today` run when Adam's tuned rate is today's: adam + anneal at the mini preset's rate stands in
+    tuned = [race.RaceConfig("adam + anneal, lr 0.001", learning_rate=1e-3),
+             race.RaceConfig("adam + anneal, lr 0.003", learning_rate=3e-3)]
+    table = race.optimizer_table(_curve(tuned[1].name, [0.3]) + _curve(tuned[0].name, [0.5]), tuned, (0.4,))
+    assert race.todays_row(table)["name"] == tuned[0].name
+    assert race.optimizer_recommendation(table).startswith("adam + anneal, lr 0.003 reached CER 0.4 after 1.0 min")
+    kept = race.optimizer_table(_curve(configs[0].name, [0.3]) + _curve(configs[1].name, [0.5]), configs[:2], (0.4,))
+    assert race.optimizer_recommendation(kept).startswith("keep today's rule")

@@ -102,3 +102,72 @@ def test_the_long_run_paragraph_quotes_the_drift_reference(phrase, value):
     match = re.search(re.escape(phrase).replace(re.escape("{}"), r"(\d+(?:\.\d+)?)"), text)
     assert match, phrase
     assert same(match.group(1), value()), (phrase, match.group(1), value())
+
+
+def recipes():
+    """The four references of notebook 08, as the README paragraph "What they gain" reads them."""
+    import pandas as pd
+
+    from ds2_helpers import race
+
+    load = lambda name: json.loads(repo_path("data", name).read_text())  # noqa: E731
+    opt, aug = load("optimizer_reference_2core.json"), load("augment_reference_2core.json")
+    prn, dst = load("prune_reference_2core.json"), load("distill_reference_2core.json")
+    configs = [race.RaceConfig(**c) for c in opt["race"]["configs"]]
+    table = race.optimizer_table(opt["race"]["curve"], configs, targets=(0.4, 0.2)).set_index("name")
+    rows = pd.DataFrame(prn["rows"])
+    return {"opt": opt, "aug": race.final_scores(aug["curve"]), "aug_seconds": aug["seconds"], "table": table,
+            "best": {k: v["learning_rate"] for k, v in opt["sweep"]["best"].items()}, "prune": prn,
+            "unstructured": rows[rows.kind == "unstructured"].set_index("sparsity"),
+            "structured": rows[rows.kind == "structured"].set_index("hidden_size"),
+            "distill": pd.DataFrame(dst["table"]), "distill_seconds": dst["seconds"]}
+
+
+R = {}
+
+
+def ref(path):
+    """A value of `recipes()` by a path of keys (loaded once)."""
+    if not R:
+        R.update(recipes())
+    value = R
+    for key in path:
+        value = value.loc[key] if hasattr(value, "loc") else value[key]
+    return value
+
+
+@pytest.mark.parametrize("phrase, value", [
+    ("{} min per swept rate", lambda: ref(["opt", "sweep", "seconds"]) / 60),
+    ("{} min per contestant): the sweep", lambda: ref(["opt", "race", "seconds"]) / 60),
+    ("best rates were Adam {},", lambda: ref(["best", "adam"])),
+    ("LAMB {} and SGD", lambda: ref(["best", "lamb"])),
+    ("and SGD {}; Adam + anneal", lambda: ref(["best", "sgd"])),
+    ("Adam + anneal at 0.003 reached CER {}", lambda: ref(["table", "adam + anneal, lr 0.003", "best_cer"])),
+    ("today's Adam + anneal at 1e-3 {};", lambda: ref(["table", "today: adam + anneal, lr 0.001", "best_cer"])),
+    ("did worst for Adam ({})", lambda: ref(["table", "adam + cosine, lr 0.003", "best_cer"])),
+    ("and SGD ({}). *Augmentation*", lambda: ref(["table", "sgd + cosine, lr 0.01", "best_cer"])),
+    ("`augment_reference_2core.json`: {} min each", lambda: ref(["aug_seconds"]) / 60),
+    ("unseen voices {} /", lambda: ref(["aug"]).iloc[0].final_cer_test),
+    ("unseen voices 0.137 / {} without", lambda: ref(["aug"]).iloc[0].final_cer_unseen),
+    ("without, {} /", lambda: ref(["aug"]).iloc[1].final_cer_test),
+    ("/ {} with speed + SpecAugment", lambda: ref(["aug"]).iloc[1].final_cer_unseen),
+    ("SpecAugment, {} /", lambda: ref(["aug"]).iloc[2].final_cer_test),
+    ("/ {} with all four kinds", lambda: ref(["aug"]).iloc[2].final_cer_unseen),
+    ("`prune_reference_2core.json`: {} fine-tuning steps", lambda: ref(["prune", "finetune_steps"])),
+    ("CER {} dense", lambda: ref(["unstructured", 0.0, "cer"])),
+    ("{} at 50% zeros", lambda: ref(["unstructured", 0.5, "cer"])),
+    ("{} at 70%", lambda: ref(["unstructured", 0.7, "cer"])),
+    ("{} at 90%", lambda: ref(["unstructured", 0.9, "cer"])),
+    ("192 ({}% of the parameters)", lambda: 100 * ref(["structured", 96, "parameters"])
+     / ref(["unstructured", 0.0, "parameters"])),
+    ("parameters): CER {}.", lambda: ref(["structured", 96, "cer"])),
+    ("`distill_reference_2core.json`: {} min each", lambda: ref(["distill_seconds"]) / 60),
+    ("reached CER {} with CTC alone", lambda: ref(["distill"]).iloc[1].last_cer),
+    ("and {} distilled", lambda: ref(["distill"]).iloc[2].last_cer),
+    ("(teacher {})", lambda: ref(["distill"]).iloc[0].last_cer),
+])
+def test_the_recipes_paragraph_quotes_notebook_08s_references(phrase, value):
+    text = " ".join(repo_path("README.md").read_text().split())
+    match = re.search(re.escape(phrase).replace(re.escape("{}"), r"(\d+(?:\.\d+)?)"), text)
+    assert match, phrase
+    assert same(match.group(1), value()), (phrase, match.group(1), value())
