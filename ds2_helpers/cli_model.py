@@ -420,12 +420,7 @@ def cmd_race(args: argparse.Namespace) -> int:
         print(race.optimizer_table(curve, configs, args.targets).to_string(index=False))
         atomic_savefig(race.optimizer_chart(curve, configs, thresholds=args.targets), out / "race.png", dpi=120)
         if not args.rates:  # the sweep ran first: sweep and race in one file, notebook 08's reference format
-            import json
-
-            from ds2_helpers.atomic import atomic_write_text
-
-            atomic_write_text(out / "optimizers.json", json.dumps(race.optimizer_reference(out), indent=1))
-            print(f"wrote {out / 'optimizers.json'} (the sweep and the race)")
+            print(f"wrote {race.write_optimizer_reference(out)} (the sweep and the race)")
     if score:
         print(race.final_scores(curve).to_string(index=False))
     print(f"wrote {out / 'race.json'} and race.png")

@@ -147,9 +147,8 @@ def compare(teacher: str | Path, train_manifest, eval_manifest, out, *, seconds:
 
     import pandas as pd
 
-    from ds2_helpers.atomic import atomic_write_text
-
     from ds2_helpers import race
+    from ds2_helpers.atomic import atomic_write_text
     from ds2_helpers.config import model_preset
     from ds2_helpers.dataset import SpeechData
     from ds2_helpers.evaluate import evaluate

@@ -407,6 +407,13 @@ def optimizer_reference(out) -> dict:
     return {"machine": race_run["machine"], "measured": race_run["measured"], "sweep": sweep, "race": race_run}
 
 
+def write_optimizer_reference(out) -> Path:
+    """`optimizer_reference(out)` written atomically to OUT/optimizers.json; returns its path."""
+    from ds2_helpers.atomic import atomic_write_text
+
+    return atomic_write_text(Path(out) / "optimizers.json", json.dumps(optimizer_reference(out), indent=1))
+
+
 def todays_row(table):
     """The row of today's rule in an `optimizer_table`: the `today: ...` contestant, else Adam with the anneal at the
     mini preset's rate (the tuned rate was today's, so no separate run); None when neither raced."""

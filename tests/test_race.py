@@ -190,6 +190,7 @@ def test_optimizer_reference_joins_the_sweep_and_the_race(tmp_path):
     ref = race.optimizer_reference(tmp_path)
     assert ref["measured"] == "b" and ref["race"]["curve"] == race_curve and ref["sweep"]["curve"] == sweep_curve
     assert ref["sweep"]["best"]["adam"]["learning_rate"] == 1e-3 and ref["sweep"]["seconds"] == 180.0
+    assert json.loads(race.write_optimizer_reference(tmp_path).read_text()) == ref
 
 
 def test_the_recommendation_compares_the_winner_with_todays_rule():
