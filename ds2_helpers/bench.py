@@ -51,6 +51,7 @@ class BenchConfig:
     hidden_layers: int | None = None
     rnn_type: str | None = None
     padding_fraction: float = 0.0   # extra padded frames, as a fraction of the batch (unsorted batches)
+    recompute: tuple[str, ...] = ()  # Cell.recompute() on these parts: "conv" (the block), "rnn" (each layer)
     device: str = "CPU"             # MindSpore's device: "GPU" or "Ascend" need MindSpore's wheel for them
     kind: str = "step"              # baseline | step (same model and data: a recommendation candidate)
                                     # | contrast (what not to do) | other model (changes what is learned)
@@ -93,7 +94,7 @@ def run_one(cfg: BenchConfig, *, steps: int = 3, warmup: int = 1) -> dict:
     import mindspore as ms
 
     from ds2_helpers.config import train_preset
-    from ds2_helpers.train import Trainer
+    from ds2_helpers.train import Trainer, peak_gb, reset_peak, resident_gb
 
     if cfg.device != "CPU":
         ms.set_device(cfg.device)
@@ -105,6 +106,10 @@ def run_one(cfg: BenchConfig, *, steps: int = 3, warmup: int = 1) -> dict:
 
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(cfg.model_config(), tcfg, tmp, rank=0, world=1, conv_impl=cfg.conv_impl, amp=cfg.amp)
+        for cell in recompute_cells(trainer.net, cfg.recompute):
+            cell.recompute()
+        built = resident_gb()
+        reset_peak()
         batch = synthetic_batch(cfg)
         times, losses = [], []
         for k in range(warmup + steps):
@@ -117,8 +122,18 @@ def run_one(cfg: BenchConfig, *, steps: int = 3, warmup: int = 1) -> dict:
     return {"step_seconds": step, "step_seconds_all": times, "audio_seconds_per_step": audio,
             "onednn_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"),
             "audio_seconds_per_second": audio / step, "loss_finite": bool(np.isfinite(losses).all()),
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "built_rss_mb": built * 1024,
+            "step_peak_rss_mb": peak_gb() * 1024,
             "padding_fraction": batch.padding_fraction}
+
+
+def recompute_cells(net, parts) -> list:
+    """The cells of `net` that `BenchConfig.recompute` names: "conv" the convolution block, "rnn" each RNN layer."""
+    known = {"conv": lambda: [net.conv], "rnn": lambda: list(net.RNN.lstms)}
+    unknown = set(parts) - set(known)
+    if unknown:
+        raise ValueError(f"recompute {sorted(unknown)}: use 'conv' and/or 'rnn'")
+    return [cell for part in parts for cell in known[part]()]
 
 
 def run_json_process(args: list[str], *, env: dict | None = None, timeout: float = 3600) -> dict:

@@ -125,6 +125,31 @@ def resident_gb() -> float:
         return 0.0
 
 
+def reset_peak() -> bool:
+    """Restart the kernel's count of this process's peak resident memory (Linux: /proc/self/clear_refs), so that
+    the peak read afterwards is the measured part's, not import's or the network build's. False where unsupported."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_gb() -> float:
+    """Peak resident memory of this process (GB): VmHWM since the last `reset_peak`, else since it started."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
 annealed_lr = _annealed_lr  # the per-epoch anneal, importable from here as before (schedules.lr_at's "anneal")
 
 

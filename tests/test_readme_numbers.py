@@ -171,3 +171,57 @@ def test_the_recipes_paragraph_quotes_notebook_08s_references(phrase, value):
     match = re.search(re.escape(phrase).replace(re.escape("{}"), r"(\d+(?:\.\d+)?)"), text)
     assert match, phrase
     assert same(match.group(1), value()), (phrase, match.group(1), value())
+
+
+PROFILE = json.loads(repo_path("data", "profile_reference_2core.json").read_text())
+
+
+def profiled(name, key, batch=16):
+    """A value of the step profile's reference row `name` at `batch`."""
+    return next(r[key] for r in PROFILE["rows"] if r["name"] == name and r["batch_size"] == batch)
+
+
+WHOLE = "whole step (Trainer.step)"
+RNN = "RNN stack, forward + backward"
+CONV = "convolution block, forward + backward"
+UPDATE = "clip + optimizer update"
+
+
+def _kept_gb():
+    """The RNN stack's gates and states that backward needs, as notebook 07 counts them by hand."""
+    from ds2_helpers.config import model_preset
+    from ds2_helpers.model import output_lengths
+
+    cfg = model_preset("paper")
+    frames = int(output_lengths(int(12.7 * 100) + 1))
+    return frames * 16 * 6 * cfg.hidden_size * 4 * 2 * cfg.hidden_layers / 2**30
+
+
+@pytest.mark.parametrize("phrase, value", [
+    ("the whole step took {} s", lambda: profiled(WHOLE, "step_seconds")),
+    ("s ({}% of its floor that day)", lambda: profiled(WHOLE, "percent_of_floor")),
+    ("peaked at {} GB, ", lambda: profiled(WHOLE, "peak_gb")),
+    ("{} MB per padded audio second", lambda: profiled(WHOLE, "peak_gb") * 1024 / (16 * 12.71)),
+    ("forward + backward took {} s", lambda: profiled(RNN, "step_seconds")),
+    ("s ({}% of the step, ", lambda: profiled(RNN, "step_seconds") / profiled(WHOLE, "step_seconds") * 100),
+    ("{}% of its own floor", lambda: profiled(RNN, "percent_of_floor")),
+    ("measured with) and {} GB", lambda: profiled(RNN, "memory_gb")),
+    ("GB, {}x the gates and states", lambda: profiled(RNN, "memory_gb") / _kept_gb()),
+    ("backward pass needs ({} GB)", _kept_gb),
+    ("the convolution block {} s", lambda: profiled(CONV, "step_seconds")),
+    ("s ({}% of its floor) and", lambda: profiled(CONV, "percent_of_floor")),
+    ("of its floor) and {} GB; the optimizer", lambda: profiled(CONV, "memory_gb")),
+    ("the optimizer update {} s", lambda: profiled(UPDATE, "step_seconds")),
+    ("s and {} GB; ", lambda: profiled(UPDATE, "memory_gb")),
+    ("GB; {} s are in no part", lambda: profiled(WHOLE, "step_seconds") - sum(
+        profiled(name, "step_seconds") for name in (RNN, CONV, "dense + CTC loss, forward + backward", UPDATE))),
+    ("lowered the peak to {} GB", lambda: profiled(WHOLE + ", recompute each RNN layer", "peak_gb")),
+    ("GB at {}x the step time", lambda: profiled(WHOLE + ", recompute each RNN layer", "step_seconds")
+     / profiled(WHOLE, "step_seconds")),
+    ("it raised the peak ({} GB)", lambda: profiled(WHOLE + ", recompute the convolution block", "peak_gb")),
+])
+def test_the_step_profile_paragraph_quotes_its_reference(phrase, value):
+    text = " ".join(repo_path("README.md").read_text().split())
+    match = re.search(re.escape(phrase).replace(re.escape("{}"), r"(\d+(?:\.\d+)?)"), text)
+    assert match, phrase
+    assert same(match.group(1), value()), (phrase, match.group(1), value())

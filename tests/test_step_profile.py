@@ -1,0 +1,70 @@
+"""The step profile times each part of a training step on its own and reads each part's own peak memory."""
+
+import json
+
+import numpy as np
+import pytest
+
+from ds2_helpers import bench, step_profile
+from ds2_helpers.model import training_flops_per_audio_second
+from ds2_helpers.config import model_preset
+from ds2_helpers.train import peak_gb, reset_peak, resident_gb
+
+
+def test_the_parts_floors_add_up_to_the_whole_steps():
+    """conv block + RNN stack + dense, each forward + backward, are the training FLOPs the step's floor counts."""
+    for preset in ("paper", "mini"):
+        parts = sum(step_profile.part_gflop(step_profile.PartConfig(p, preset, 4, 12.7)) for p in step_profile.PARTS)
+        audio = 4 * (int(12.7 * 100) + 1) / 100
+        assert parts == pytest.approx(training_flops_per_audio_second(model_preset(preset)) / 1e9 * audio, rel=1e-9)
+    forward = step_profile.part_gflop(step_profile.PartConfig("RNN stack", "paper", 1, 10.0, backward=False))
+    assert step_profile.part_gflop(step_profile.PartConfig("RNN stack", "paper", 1, 10.0)) == pytest.approx(3 * forward)
+    assert step_profile.part_gflop(step_profile.PartConfig("clip + optimizer update")) == 0
+
+
+def test_peak_memory_restarts_from_now():
+    if not reset_peak():
+        pytest.skip("no /proc/self/clear_refs here")
+    block = np.ones(50_000_000)  # 0.4 GB, touched
+    assert peak_gb() >= resident_gb() - 0.01 and peak_gb() > 0.35
+    del block
+    reset_peak()
+    assert peak_gb() < resident_gb() + 0.05  # the 0.4 GB block is no longer in the peak
+
+
+def test_recompute_names_cells_and_refuses_others():
+    from ds2_helpers.model import DeepSpeech2
+
+    net = DeepSpeech2(model_preset("mini"))
+    assert bench.recompute_cells(net, ("conv",)) == [net.conv]
+    assert len(bench.recompute_cells(net, ("conv", "rnn"))) == 1 + model_preset("mini").hidden_layers
+    with pytest.raises(ValueError, match="use 'conv' and/or 'rnn'"):
+        bench.recompute_cells(net, ("lstm",))
+
+
+def test_each_part_runs_alone_and_backward_costs_more(tmp_path):
+    rows = []
+    for backward in (False, True):
+        cfg = step_profile.PartConfig("RNN stack", "mini", 2, 2.0, backward=backward)
+        rows.append({**cfg.__dict__, "name": cfg.name, "gflop": step_profile.part_gflop(cfg),
+                     **step_profile.run_isolated(cfg, steps=2)})
+    update = step_profile.PartConfig("clip + optimizer update", "mini", 2, 2.0)
+    rows.append({**update.__dict__, "name": update.name, "gflop": 0.0, **step_profile.run_isolated(update, steps=1)})
+    assert all("error" not in r for r in rows), rows
+    forward, both, upd = rows
+    assert both["step_seconds"] > forward["step_seconds"] > 0 and upd["step_seconds"] > 0
+    assert both["memory_gb"] >= 0 and both["peak_gb"] >= both["memory_gb"]
+    rows.append({"part": "whole step", "name": "whole step (Trainer.step)", "batch_size": 2, "gflop": 1.0,
+                 "step_seconds": 2 * both["step_seconds"], "peak_gb": 1.0, "memory_gb": 0.5,
+                 "floor_seconds": 0.1, "percent_of_floor": 5.0})
+    profile = {"rows": rows, "matmul_gflops": 50.0}
+    frame = step_profile.table(profile)
+    assert frame.share_of_step.iloc[1] == pytest.approx(0.5, abs=1e-3)  # the whole step's row is the divisor
+    files = step_profile.write(profile, tmp_path)
+    assert json.loads(files["json"].read_text())["rows"][0]["part"] == "RNN stack"
+    assert files["png"].stat().st_size > 1000 and "share_of_step" in files["csv"].read_text()
+
+
+def test_a_failed_part_is_a_row_with_its_reason():
+    bad = step_profile.run_isolated(step_profile.PartConfig("no such part", "mini", 1, 1.0), steps=1)
+    assert "error" in bad and "no such part" in bad["error"]
