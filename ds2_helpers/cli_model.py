@@ -354,7 +354,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from ds2_helpers.experiments import demo
         from ds2_helpers.paths import data_dir
 
-        configs = demo(load_reference(data_dir() / "bench_reference_2core.json"))
+        configs = demo(load_reference(data_dir() / "bench_reference_2core.json"),
+                       profile=load_reference(data_dir() / "profile_reference_2core.json"))
     else:
         configs = experiments(quick=args.quick, only=args.only)
     if args.device != "CPU":

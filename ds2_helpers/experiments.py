@@ -71,25 +71,39 @@ def experiments(quick: bool = False, only: list[str] | None = None, manifest=Non
     return configs
 
 
-def largest_fitting_batch(reference: dict | None, memory_gb: float | None = None, *,
+def reference_peaks(reference: dict | None, profile: dict | None = None,
+                    candidates: tuple[int, ...] = (16, 8, 4, 2, 1)) -> dict[int, float]:
+    """Peak GB of a length-sorted `paper` training step of 12.7 s utterances at each batch size: from the step
+    profile's whole-step rows when given (measured with the current code: a line through its batch sizes), else
+    from the `bench` reference's rows (an older run)."""
+    whole = {r["batch_size"]: r["peak_gb"] for r in (profile or {}).get("rows", [])
+             if r.get("name") == "whole step (Trainer.step)" and r.get("preset") == "paper" and "peak_gb" in r}
+    if len(whole) >= 2:
+        (b0, p0), (b1, p1) = min(whole.items()), max(whole.items())
+        return {b: p0 + (p1 - p0) * (b - b0) / (b1 - b0) for b in candidates}
+    return {r["batch_size"]: r["peak_rss_mb"] / 1024 for r in (reference or {}).get("results", [])
+            if r.get("preset") == "paper" and r.get("kind") == "step" and not r.get("fixed_frames")
+            and not r.get("error") and r.get("peak_rss_mb")}
+
+
+def largest_fitting_batch(reference: dict | None, memory_gb: float | None = None, *, profile: dict | None = None,
                           candidates: tuple[int, ...] = (16, 8, 4, 2, 1)) -> int:
-    """The largest batch of 12.7 s utterances whose peak memory in the reference run (`bench`'s length-sorted
-    rows) fits this machine's available memory less `plan`'s headroom; batch 1 if none is known to fit."""
+    """The largest batch of 12.7 s utterances whose peak memory (`reference_peaks`) fits this machine's available
+    memory less `plan`'s headroom; batch 1 if none is known to fit."""
     from ds2_helpers.plan import HEADROOM, available_memory_gb
 
     budget = (available_memory_gb() if memory_gb is None else memory_gb) * (1 - HEADROOM)
-    peaks = {r["batch_size"]: r["peak_rss_mb"] / 1024 for r in (reference or {}).get("results", [])
-             if r.get("preset") == "paper" and r.get("kind") == "step" and not r.get("fixed_frames")
-             and not r.get("error") and r.get("peak_rss_mb")}
+    peaks = reference_peaks(reference, profile, candidates)
     return next((b for b in candidates if b in peaks and peaks[b] <= budget), 1)
 
 
-def demo(reference: dict | None = None, memory_gb: float | None = None) -> list[BenchConfig]:
+def demo(reference: dict | None = None, memory_gb: float | None = None, *,
+         profile: dict | None = None) -> list[BenchConfig]:
     """Notebook 07's default: the paper model on 12.7 s utterances, only the configurations that answer the
     course's question - the course's own, PyNative instead of Graph, length-sorted batches at the largest batch
-    that fits this machine's memory, and the lower layers frozen at that batch."""
+    that fits this machine's memory (`largest_fitting_batch`), and the lower layers frozen at that batch."""
     course = course_config()
-    batch = largest_fitting_batch(reference, memory_gb)
+    batch = largest_fitting_batch(reference, memory_gb, profile=profile)
     best = replace(course, name=f"combined: graph, batch {batch}, sorted, Conv2d", fixed_frames=None,
                    batch_size=batch, kind="step")
     return [course, replace(course, name="pynative mode", mode="pynative", kind="contrast"),
