@@ -286,7 +286,7 @@ def results_table(results: list[dict]):
     if "kind" not in frame:
         frame["kind"] = None
     cols = ["name", "kind", "preset", "batch_size", "step_seconds", "audio_seconds_per_second", "epoch_hours", "speedup",
-            "percent_of_floor", "peak_rss_mb", "error"]
+            "percent_of_floor", "matmul_gflops", "peak_rss_mb", "error"]
     for col in cols:
         if col not in frame:
             frame[col] = None

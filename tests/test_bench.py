@@ -51,6 +51,8 @@ def test_suite_measures_side_by_side_and_writes_results(tmp_path):
     assert results[1]["audio_seconds_per_second"] > 0 and results[1]["epoch_hours"] > 0
     assert results[1]["peak_rss_mb"] > 100 and 0 < results[1]["percent_of_floor"] < 100
     assert "error" in results[2] and "ReverseSequence" in results[2]["error"]  # README: refused (ReverseSequence)
+    assert bench.recommendations(results).columns.tolist() == bench.results_table(results).columns.tolist()
+    assert bench.results_table(results).matmul_gflops.iloc[0] > 0  # notebook 07 prints it beside a share above 100%
     files = bench.write_results(results, tmp_path)
     payload = json.loads(files["json"].read_text())
     assert payload["machine"]["cores"] >= 1 and len(payload["results"]) == 3
