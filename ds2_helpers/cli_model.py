@@ -329,11 +329,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from ds2_helpers.experiments import experiments
 
     if args.profile:
-        from ds2_helpers import step_profile
+        from ds2_helpers import bench, step_profile
 
         batches = tuple(args.batch_sizes or ((1, 2) if args.quick else (1, 16)))
         preset = "mini" if args.quick else "paper"
-        profile = step_profile.run(preset, batches, 2.0 if args.quick else step_profile.bench.MEAN_SECONDS,
+        profile = step_profile.run(preset, batches, 2.0 if args.quick else bench.MEAN_SECONDS,
                                    recompute=() if args.quick else (("conv",), ("rnn",)), steps=args.steps or 2)
         print(step_profile.table(profile).to_string(index=False))
         files = step_profile.write(profile, args.out)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from ds2_helpers.bench import BenchConfig, course_config
+from ds2_helpers.bench import MEAN_SECONDS, BenchConfig, course_config
 from ds2_helpers.environment import usable_cores
 
 
@@ -74,10 +74,11 @@ def experiments(quick: bool = False, only: list[str] | None = None, manifest=Non
 def reference_peaks(reference: dict | None, profile: dict | None = None,
                     candidates: tuple[int, ...] = (16, 8, 4, 2, 1)) -> dict[int, float]:
     """Peak GB of a length-sorted `paper` training step of 12.7 s utterances at each batch size: from the step
-    profile's whole-step rows when given (measured with the current code: a line through its batch sizes), else
-    from the `bench` reference's rows (an older run)."""
+    profile's whole-step rows when given (measured with the current code: a line through its smallest and largest
+    batch), else from the `bench` reference's rows (an older run)."""
     whole = {r["batch_size"]: r["peak_gb"] for r in (profile or {}).get("rows", [])
-             if r.get("name") == "whole step (Trainer.step)" and r.get("preset") == "paper" and "peak_gb" in r}
+             if r.get("name") == "whole step (Trainer.step)" and r.get("preset") == "paper" and "peak_gb" in r
+             and r.get("seconds") == MEAN_SECONDS}
     if len(whole) >= 2:
         (b0, p0), (b1, p1) = min(whole.items()), max(whole.items())
         return {b: p0 + (p1 - p0) * (b - b0) / (b1 - b0) for b in candidates}

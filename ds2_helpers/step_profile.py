@@ -245,7 +245,8 @@ def table(profile: dict):
 
 def chart(profile: dict, batch_size: int | None = None, title: str = "Where a training step's time and memory go"):
     """Two panels for one batch size (the largest measured by default): seconds of each part (forward,
-    forward + backward) beside its floor, and each part's memory beside the whole step's peak."""
+    forward + backward) beside its floor, and the memory of each part and of the whole step above the built
+    network."""
     import matplotlib.pyplot as plt
 
     frame = table(profile)
@@ -259,8 +260,8 @@ def chart(profile: dict, batch_size: int | None = None, title: str = "Where a tr
                label="its FLOP floor")
     ax.set(yticks=y, yticklabels=names, xlabel="seconds per step", title=f"time (batch {b})")
     ax.legend(fontsize=8, loc="lower right")
-    mx.barh(y, [r.get("memory_gb", r.get("peak_gb", 0)) for r in rows], color="tab:orange")
-    mx.set(xlabel="GB (part: above the built network; whole step: peak RSS)", title="memory")
+    mx.barh(y, [r.get("memory_gb", 0) for r in rows], color="tab:orange")
+    mx.set(xlabel="GB above the built network (peak RSS less the network's)", title="memory")
     ax.invert_yaxis()
     fig.suptitle(title)
     fig.tight_layout()

@@ -96,10 +96,11 @@ def test_demo_takes_the_largest_batch_whose_reference_memory_fits():
     assert best.batch_size == frozen.batch_size == 8 and best.fixed_frames is None and best.preset == "paper"
     assert frozen.freeze_conv and frozen.freeze_rnn_layers == 3 and best.seconds == course.seconds == 12.7
     # the step profile (current code) wins over the older run: a line through its batch-1 and batch-16 peaks
-    profile = {"rows": [{"name": "whole step (Trainer.step)", "preset": "paper", "batch_size": b, "peak_gb": gb}
-                        for b, gb in ((1, 6.5), (16, 21.3))]
+    profile = {"rows": [{"name": "whole step (Trainer.step)", "preset": "paper", "batch_size": b, "peak_gb": gb,
+                         "seconds": 12.7} for b, gb in ((1, 6.5), (16, 21.3))]
                + [{"name": "whole step (Trainer.step), recompute each RNN layer", "preset": "paper", "batch_size": 16,
-                   "peak_gb": 1.0}]}
+                   "peak_gb": 1.0, "seconds": 12.7},
+                  {"name": "whole step (Trainer.step)", "preset": "paper", "batch_size": 4, "error": "killed"}]}
     assert largest_fitting_batch(ref, memory_gb=24.0, profile=profile) == 8    # 21.3 > 20.4 >= 6.5 + 7 x 0.99
     assert largest_fitting_batch(ref, memory_gb=26.0, profile=profile) == 16   # 21.3 <= 22.1
     assert demo(ref, memory_gb=24.0, profile=profile)[-1].batch_size == 8

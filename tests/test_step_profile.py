@@ -25,8 +25,9 @@ def test_the_parts_floors_add_up_to_the_whole_steps():
 def test_peak_memory_restarts_from_now():
     if not reset_peak():
         pytest.skip("no /proc/self/clear_refs here")
+    before = peak_gb()
     block = np.ones(50_000_000)  # 0.4 GB, touched
-    assert peak_gb() >= resident_gb() - 0.01 and peak_gb() > 0.35
+    assert peak_gb() - before > 0.35
     del block
     reset_peak()
     assert peak_gb() < resident_gb() + 0.05  # the 0.4 GB block is no longer in the peak
@@ -53,7 +54,7 @@ def test_each_part_runs_alone_and_backward_costs_more(tmp_path):
     assert all("error" not in r for r in rows), rows
     forward, both, upd = rows
     assert both["step_seconds"] > forward["step_seconds"] > 0 and upd["step_seconds"] > 0
-    assert both["memory_gb"] >= 0 and both["peak_gb"] >= both["memory_gb"]
+    assert both["memory_gb"] >= forward["memory_gb"] >= 0  # backward keeps the forward's activations and more
     rows.append({"part": "whole step", "name": "whole step (Trainer.step)", "batch_size": 2, "gflop": 1.0,
                  "step_seconds": 2 * both["step_seconds"], "peak_gb": 1.0, "memory_gb": 0.5,
                  "floor_seconds": 0.1, "percent_of_floor": 5.0})
@@ -68,3 +69,16 @@ def test_each_part_runs_alone_and_backward_costs_more(tmp_path):
 def test_a_failed_part_is_a_row_with_its_reason():
     bad = step_profile.run_isolated(step_profile.PartConfig("no such part", "mini", 1, 1.0), steps=1)
     assert "error" in bad and "no such part" in bad["error"]
+
+
+def test_failed_rows_are_shown_not_fatal(tmp_path):
+    rows = [{"part": "RNN stack", "name": "RNN stack, forward + backward", "batch_size": 16, "gflop": 1.0,
+             "error": "killed by signal 9"},
+            {"part": "convolution block", "name": "convolution block, forward + backward", "batch_size": 16,
+             "gflop": 1.0, "step_seconds": 2.0, "memory_gb": 1.0, "peak_gb": 2.0, "floor_seconds": 1.0,
+             "percent_of_floor": 50.0},
+            {"part": "whole step", "name": "whole step (Trainer.step)", "batch_size": 16, "gflop": 2.0,
+             "error": "timed out"}]
+    frame = step_profile.table({"rows": rows})
+    assert frame.step_seconds.isna().sum() == 2 and frame.share_of_step.isna().all()
+    assert step_profile.write({"rows": rows}, tmp_path)["png"].stat().st_size > 1000
