@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -117,14 +116,13 @@ def run_one(cfg: BenchConfig, *, steps: int = 3, warmup: int = 1) -> dict:
             losses.append(trainer.step(batch))
             if k >= warmup:
                 times.append(time.perf_counter() - t0)
-    step = statistics.median(times)
+    step, step_peak = statistics.median(times), peak_gb()
     audio = float(batch.x_len.sum()) / 100
     return {"step_seconds": step, "step_seconds_all": times, "audio_seconds_per_step": audio,
             "onednn_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"),
             "audio_seconds_per_second": audio / step, "loss_finite": bool(np.isfinite(losses).all()),
-            "peak_rss_mb": max(start_peak * 1024, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
-            "built_rss_mb": built * 1024,
-            "step_peak_rss_mb": peak_gb() * 1024,
+            "peak_rss_mb": max(start_peak, step_peak) * 1024, "built_rss_mb": built * 1024,
+            "step_peak_rss_mb": step_peak * 1024,
             "padding_fraction": batch.padding_fraction}
 
 

@@ -6,6 +6,7 @@ from dataclasses import replace
 
 from ds2_helpers.bench import MEAN_SECONDS, BenchConfig, course_config
 from ds2_helpers.environment import usable_cores
+from ds2_helpers.step_profile import WHOLE_STEP
 
 
 def random_batch_padding(batch_size: int, manifest=None) -> float:
@@ -77,7 +78,7 @@ def reference_peaks(reference: dict | None, profile: dict | None = None,
     profile's whole-step rows when given (measured with the current code: a line through its smallest and largest
     batch), else from the `bench` reference's rows (an older run)."""
     whole = {r["batch_size"]: r["peak_gb"] for r in (profile or {}).get("rows", [])
-             if r.get("name") == "whole step (Trainer.step)" and r.get("preset") == "paper" and "peak_gb" in r
+             if r.get("name") == WHOLE_STEP and r.get("preset") == "paper" and "peak_gb" in r
              and r.get("seconds") == MEAN_SECONDS}
     if len(whole) >= 2:
         (b0, p0), (b1, p1) = min(whole.items()), max(whole.items())

@@ -195,19 +195,11 @@ def table(run: dict):
 
 
 def write(run: dict, out: str | Path) -> dict[str, Path]:
-    """inference.json, inference.csv and inference.png in `out`, each written atomically."""
-    from ds2_helpers.atomic import atomic_savefig, atomic_write_text
+    """inference.json, inference.csv and inference.png in `out` (`atomic.write_report`)."""
+    from ds2_helpers.atomic import write_report
     from ds2_helpers.charts import inference_chart
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {"json": out / "inference.json", "csv": out / "inference.csv", "png": out / "inference.png"}
-    atomic_write_text(paths["json"], json.dumps(run, indent=1))
-    atomic_write_text(paths["csv"], table(run).to_csv(index=False))
-    fig = inference_chart(run)
-    atomic_savefig(fig, paths["png"], dpi=110, bbox_inches="tight")
-    return paths
-
+    return write_report(out, "inference", run, table(run), inference_chart(run), dpi=110, bbox_inches="tight")
 
 if __name__ == "__main__":
     print(json.dumps(run_one(InferenceConfig(**json.loads(sys.argv[1])))))

@@ -23,6 +23,8 @@ from ds2_helpers import bench
 
 #: What `BenchConfig.recompute` names, in words.
 RECOMPUTED = {"conv": "the convolution block", "rnn": "each RNN layer"}
+#: The name of the whole step's row (`Trainer.step`, as `bench` times it); recompute rows add to it.
+WHOLE_STEP = "whole step (Trainer.step)"
 PARTS = ("convolution block", "RNN stack", "dense + CTC loss", "clip + optimizer update")
 
 
@@ -212,7 +214,7 @@ def run(preset: str = "paper", batch_sizes: tuple[int, ...] = (1, 16), seconds: 
             gflop = training_flops_per_audio_second(whole.model_config()) / 1e9 * res["audio_seconds_per_step"]
             res = {**res, "peak_gb": res["peak_rss_mb"] / 1024,
                    "memory_gb": (res["step_peak_rss_mb"] - res["built_rss_mb"]) / 1024}
-        name = "whole step (Trainer.step)" + "".join(f", recompute {RECOMPUTED[p]}" for p in parts)
+        name = WHOLE_STEP + "".join(f", recompute {RECOMPUTED[p]}" for p in parts)
         rows.append({"part": "whole step", "preset": preset, "batch_size": b, "seconds": seconds, "backward": True,
                      "recompute": list(parts), "name": name, "gflop": gflop, **res})
         if progress:
@@ -236,7 +238,7 @@ def table(profile: dict):
     frame = pd.DataFrame(profile["rows"])
     if "step_seconds" not in frame:
         frame["step_seconds"] = np.nan
-    plain = frame[(frame.part == "whole step") & (frame.name == "whole step (Trainer.step)")]
+    plain = frame[(frame.part == "whole step") & (frame.name == WHOLE_STEP)]
     whole = plain.set_index("batch_size").step_seconds
     frame["share_of_step"] = frame.step_seconds / frame.batch_size.map(whole)
     cols = ["batch_size", "name", "step_seconds", "share_of_step", "percent_of_floor", "memory_gb", "peak_gb"]
@@ -269,13 +271,7 @@ def chart(profile: dict, batch_size: int | None = None, title: str = "Where a tr
 
 
 def write(profile: dict, out: str | Path) -> dict[str, Path]:
-    """profile.json, profile.csv and profile.png in `out` (atomic writes)."""
-    from ds2_helpers.atomic import atomic_savefig, atomic_write_text
+    """profile.json, profile.csv and profile.png in `out` (`atomic.write_report`)."""
+    from ds2_helpers.atomic import write_report
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    files = {"json": out / "profile.json", "csv": out / "profile.csv", "png": out / "profile.png"}
-    atomic_write_text(files["json"], json.dumps(profile, indent=1))
-    atomic_write_text(files["csv"], table(profile).to_csv(index=False))
-    atomic_savefig(chart(profile), files["png"])  # closes the figure
-    return files
+    return write_report(out, "profile", profile, table(profile), chart(profile))
