@@ -51,6 +51,7 @@ class BenchConfig:
     rnn_type: str | None = None
     padding_fraction: float = 0.0   # extra padded frames, as a fraction of the batch (unsorted batches)
     recompute: tuple[str, ...] = ()  # Cell.recompute() on these parts: "conv" (the block), "rnn" (each layer)
+    micro_batch: int | None = None  # TrainConfig.micro_batch: the batch run in micro-batches, one update
     device: str = "CPU"             # MindSpore's device: "GPU" or "Ascend" need MindSpore's wheel for them
     kind: str = "step"              # baseline | step (same model and data: a recommendation candidate)
                                     # | contrast (what not to do) | other model (changes what is learned)
@@ -100,7 +101,8 @@ def run_one(cfg: BenchConfig, *, steps: int = 3, warmup: int = 1) -> dict:
     if cfg.threads:
         ms.set_context(runtime_num_threads=cfg.threads)
     tcfg = train_preset("paper", batch_size=cfg.batch_size, mode=cfg.mode, save_every=0,
-                        freeze_conv=cfg.freeze_conv, freeze_rnn_layers=cfg.freeze_rnn_layers)
+                        freeze_conv=cfg.freeze_conv, freeze_rnn_layers=cfg.freeze_rnn_layers,
+                        micro_batch=cfg.micro_batch)
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -38,7 +38,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         "freeze_rnn_layers": args.freeze_rnn_layers, "dynamic_shapes": False if args.static_shapes else None,
         "release_memory": args.release_memory, "optimizer": args.optimizer, "schedule": args.schedule,
         "warmup_steps": args.warmup_steps, "warmup_fraction": args.warmup_fraction,
-        "schedule_steps": args.schedule_steps, "augment": args.augment}.items()
+        "schedule_steps": args.schedule_steps, "augment": args.augment, "micro_batch": args.micro_batch}.items()
         if v is not None}
     train_cfg = train_preset(args.preset, **overrides)
     model_cfg = model_preset(args.preset)
@@ -95,6 +95,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if trainer.rank == 0:
         batching = (f"batches of up to {train_cfg.batch_seconds:g} padded seconds (at most {train_cfg.batch_size})"
                     if train_cfg.batch_seconds else f"batch {train_cfg.batch_size}")
+        if train_cfg.micro_batch:
+            batching += f", run {train_cfg.micro_batch} utterances at a time (one update per batch)"
         total = data.durations.sum()
         print(f"training {args.preset} on {len(data)} utterances "
               f"({f'{total / 3600:.2f} h' if total >= 360 else f'{total / 60:.1f} min'} of audio), "
@@ -132,7 +134,7 @@ def _preflight(args: argparse.Namespace, train_cfg, spect, data) -> None:
     batch, padded = largest_batch(batches, frames, args.pad_multiple)
     print(f"preflight: one step of the largest batch ({batch} x {padded / 100:.1f} s) ...", flush=True)
     result = preflight(args.preset, batch, padded, conv=args.conv, mode=train_cfg.mode, freeze_conv=train_cfg.freeze_conv,
-                       freeze_rnn_layers=train_cfg.freeze_rnn_layers)
+                       freeze_rnn_layers=train_cfg.freeze_rnn_layers, micro_batch=train_cfg.micro_batch)
     print(f"preflight: fits, peak {result['peak_gb']:.1f} GB of {result['memory_available_gb']:.1f} GB available, "
           f"{result['step_seconds']:.1f} s for that step", flush=True)
 
@@ -333,8 +335,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
         batches = tuple(args.batch_sizes or ((1, 2) if args.quick else (1, 16)))
         preset = "mini" if args.quick else "paper"
+        recompute = () if args.quick or args.whole_only else (("conv",), ("rnn",))
         profile = step_profile.run(preset, batches, 2.0 if args.quick else bench.MEAN_SECONDS,
-                                   recompute=() if args.quick else (("conv",), ("rnn",)), steps=args.steps or 2)
+                                   recompute=recompute, micro_batches=tuple(args.micro_batches or ()),
+                                   parts=not args.whole_only, steps=args.steps or 2)
         print(step_profile.table(profile).to_string(index=False))
         files = step_profile.write(profile, args.out)
         print("wrote", ", ".join(str(p) for p in files.values()))
@@ -559,6 +563,10 @@ def add_commands(sub) -> None:
     p.add_argument("--batch-seconds", type=positive,
                    help="padded audio seconds per batch (the batch size then varies with length, --batch-size is "
                         "an upper bound); `plan` measures what fits")
+    p.add_argument("--micro-batch", type=at_least(1), metavar="M",
+                   help="run each batch in micro-batches of M utterances and update once from their summed "
+                        "gradients: the same update with the memory of M utterances, slower per utterance "
+                        "(`bench --profile --whole-only --micro-batches` measures it)")
     p.add_argument("--feature-cache", metavar="DIR",
                    help="keep spectrograms on disk in DIR (one file per utterance; shareable between runs)")
     p.add_argument("--release-memory", choices=["auto", "always", "never"],
@@ -665,6 +673,12 @@ def add_commands(sub) -> None:
                         "floor and the whole step, which is also run with Cell.recompute on the convolutions and on the RNN layers "
                         "(paper model, 12.7 s utterances, about 25 minutes on 2 cores; --quick: mini, 2 s, no recompute)")
     p.add_argument("--batch-sizes", type=at_least(1), nargs="+", help="with --profile: default 1 16 (--quick: 1 2)")
+    p.add_argument("--micro-batches", type=at_least(1), nargs="+", metavar="M",
+                   help="with --profile: also the whole step at the largest batch run in micro-batches of M "
+                        "utterances (gradient accumulation: train --micro-batch)")
+    p.add_argument("--whole-only", action="store_true",
+                   help="with --profile: only whole steps (no parts, no recompute): e.g. --batch-sizes 16 "
+                        "--micro-batches 2 4 8 compares gradient accumulation with the whole batch")
     p.add_argument("--only", nargs="*", help="run only experiments whose name contains one of these words")
     p.add_argument("--steps", type=at_least(1))
     p.add_argument("--out", default="runs/bench")

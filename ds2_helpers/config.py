@@ -199,6 +199,8 @@ class TrainConfig:
     max_grad_norm: float = 400.0
     batch_size: int = 20
     batch_seconds: float | None = None  # padded audio seconds per batch (batch_size is then an upper bound)
+    micro_batch: int | None = None  # run each batch in micro-batches of this many utterances, one update from their
+                                    # summed gradients (less memory, more time: ds2_helpers.micro_batch)
     epochs: int = 1
     mode: str = "graph"
     dynamic_shapes: bool = True  # Graph mode: one graph for every batch shape instead of one compile per shape
@@ -230,6 +232,9 @@ class TrainConfig:
             raise ParameterError(f"mode {self.mode!r}: use 'graph' or 'pynative'")
         if self.batch_size < 1:
             raise ParameterError(f"batch size {self.batch_size}: use 1 or more utterances per batch")
+        if self.micro_batch is not None and self.micro_batch < 1:
+            raise ParameterError(f"micro batch {self.micro_batch}: use 1 or more utterances per micro-batch, or None "
+                                 "to run each batch at once")
         if self.epochs < 1:
             raise ParameterError(f"epochs {self.epochs}: use 1 or more (0 would write an untrained checkpoint)")
         if not self.learning_rate > 0:

@@ -134,6 +134,7 @@ def make_plan(durations, fit: MemoryFit, *, memory_gb: float | None = None, batc
     padded = [len(b) * max(pad(durations[i]) for i in b) for b in batches]
     too_long = [int(i) for i in np.flatnonzero([fit.peak_gb(pad(d)) > budget for d in durations])]
     largest = int(np.argmax(padded)) if padded else 0
+    fitting = [pad(d) for i, d in enumerate(durations) if i not in set(too_long)]
     return {
         "memory_available_gb": memory_gb, "memory_budget_gb": budget, "headroom": headroom, "slack": slack,
         "base_gb": fit.base_gb, "gb_per_padded_second": fit.gb_per_second,
@@ -147,7 +148,19 @@ def make_plan(durations, fit: MemoryFit, *, memory_gb: float | None = None, batc
         "checkpoint_disk_gb": checkpoint_disk_gb(parameters, keep_last),
         "feature_cache_gb": feature_cache_gb(float(durations.sum() / 3600)),
         "cannot_fit": too_long, "probes": fit.probes,
+        "micro_batch": micro_batch_that_fits(fit, budget, max(fitting, default=0.0), batch_size, parameters),
     }
+
+
+def micro_batch_that_fits(fit: MemoryFit, budget_gb: float, longest_padded: float, batch_size: int,
+                          parameters: int) -> int:
+    """Utterances per micro-batch (train --micro-batch) that keep fixed batches of `batch_size` within the
+    budget even when every utterance is as long as the longest: the accumulated gradients (one float32 copy of
+    the weights) come on top of one micro-batch's step. 0: not even one utterance fits."""
+    if longest_padded <= 0:
+        return batch_size
+    room = budget_gb - parameters * 4 / 2**30
+    return int(min(batch_size, max(0, math.floor(fit.max_batch_seconds(room) / longest_padded))))
 
 
 def format_plan(plan: dict, names: list[str] | None = None) -> str:
@@ -169,6 +182,11 @@ def format_plan(plan: dict, names: list[str] | None = None) -> str:
         f"disk for checkpoints: about {plan['checkpoint_disk_gb']:.1f} GB (keep-last 3 resumable + final weights); "
         f"for --feature-cache: about {plan['feature_cache_gb']:.1f} GB",
     ]
+    m, n = plan.get("micro_batch", 0), plan["batch_size_limit"]
+    if 0 < m < n:
+        lines.append(f"or fixed batches of {n} utterances: --batch-size {n} --micro-batch {m} (each batch run {m} "
+                     "utterances at a time, one update from their summed gradients: the same updates, slower per "
+                     "utterance)")
     bad = plan["cannot_fit"]
     if bad:
         shown = ", ".join((names[i] if names else str(i)) for i in bad[:10])
@@ -201,6 +219,7 @@ def preflight(preset: str, batch: int, frames: int, *, memory_gb: float | None =
     peak = result["peak_rss_mb"] / 1024
     if peak * (1 + TrainConfig().memory_slack) > memory_gb * (1 - HEADROOM / 2):
         raise PreflightError(f"{what} needs {peak:.1f} GB at its peak, {memory_gb:.1f} GB are available: lower "
-                             "--batch-seconds (run `python -m ds2_helpers plan`)")
+                             "--batch-seconds, or keep the batch and run it in micro-batches (--micro-batch; "
+                             "`python -m ds2_helpers plan` prints both)")
     return {"batch": batch, "frames": frames, "peak_gb": peak, "step_seconds": result["step_seconds"],
             "memory_available_gb": memory_gb}

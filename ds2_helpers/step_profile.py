@@ -190,22 +190,27 @@ def configs(preset: str = "paper", batch_sizes: tuple[int, ...] = (1, 16), secon
 
 
 def run(preset: str = "paper", batch_sizes: tuple[int, ...] = (1, 16), seconds: float = bench.MEAN_SECONDS, *,
-        recompute: tuple[tuple[str, ...], ...] = (), steps: int = 2, progress: bool = True) -> dict:
-    """Profile every part and the whole step at each batch size, and the whole step at the largest batch with
-    each `recompute` choice (`bench.BenchConfig.recompute`: what MindSpore's Cell.recompute saves); the matmul
-    rate measured before and after, the higher kept (the floor must not flatter the parts).
+        recompute: tuple[tuple[str, ...], ...] = (), micro_batches: tuple[int, ...] = (), parts: bool = True,
+        steps: int = 2, progress: bool = True) -> dict:
+    """Profile every part (unless `parts` is False) and the whole step at each batch size, and the whole step at
+    the largest batch with each `recompute` choice (`bench.BenchConfig.recompute`: what MindSpore's Cell.recompute
+    saves) and in each size of `micro_batches` (gradient accumulation, ds2_helpers.micro_batch); the matmul rate
+    measured before and after, the higher kept (the floor must not flatter the parts).
     Returns {machine, rates, rows}."""
     before = bench.matmul_gflops()
     rows = []
-    for cfg in configs(preset, batch_sizes, seconds):
+    for cfg in configs(preset, batch_sizes, seconds) if parts else []:
         res = run_isolated(cfg, steps=steps)
         rows.append({**asdict(cfg), "name": cfg.name, "gflop": part_gflop(cfg), **res})
         if progress:
             print(f"batch {cfg.batch_size}, {cfg.name}: " + (f"{res['step_seconds']:.2f} s, "
                   f"{res['memory_gb']:.2f} GB" if "error" not in res else "failed: " + res["error"]), flush=True)
-    wholes = [(b, ()) for b in batch_sizes] + [(max(batch_sizes), parts) for parts in recompute]
-    for b, parts in wholes:
-        whole = bench.BenchConfig(name="whole step", preset=preset, batch_size=b, seconds=seconds, recompute=parts)
+    largest = max(batch_sizes)
+    wholes = ([(b, (), None) for b in batch_sizes] + [(largest, kept, None) for kept in recompute]
+              + [(largest, (), m) for m in micro_batches if m < largest])
+    for b, kept, micro in wholes:
+        whole = bench.BenchConfig(name="whole step", preset=preset, batch_size=b, seconds=seconds, recompute=kept,
+                                  micro_batch=micro)
         res = bench.run_isolated(whole, steps=steps, warmup=1)
         gflop = 0.0
         if "error" not in res:
@@ -214,9 +219,9 @@ def run(preset: str = "paper", batch_sizes: tuple[int, ...] = (1, 16), seconds: 
             gflop = training_flops_per_audio_second(whole.model_config()) / 1e9 * res["audio_seconds_per_step"]
             res = {**res, "peak_gb": res["peak_rss_mb"] / 1024,
                    "memory_gb": (res["step_peak_rss_mb"] - res["built_rss_mb"]) / 1024}
-        name = WHOLE_STEP + "".join(f", recompute {RECOMPUTED[p]}" for p in parts)
+        name = whole_step_name(kept, micro)
         rows.append({"part": "whole step", "preset": preset, "batch_size": b, "seconds": seconds, "backward": True,
-                     "recompute": list(parts), "name": name, "gflop": gflop, **res})
+                     "recompute": list(kept), "micro_batch": micro, "name": name, "gflop": gflop, **res})
         if progress:
             print(f"batch {b}, {name}: " + (f"{res['step_seconds']:.2f} s, peak {res['peak_gb']:.2f} GB"
                                             if "error" not in res else "failed: " + res["error"]), flush=True)
@@ -229,6 +234,12 @@ def run(preset: str = "paper", batch_sizes: tuple[int, ...] = (1, 16), seconds: 
     return {"machine": bench.machine(), "matmul_gflops": rate, "rates_before": before, "rates_after": after,
             "what": "each part of a training step in its own process (Graph mode, synthetic utterances of "
                     f"{seconds} s); memory_gb = peak RSS above the built network", "rows": rows}
+
+
+def whole_step_name(recompute: tuple[str, ...] = (), micro_batch: int | None = None) -> str:
+    """The row name of a whole step: plain (WHOLE_STEP), with recomputation, or in micro-batches."""
+    return (WHOLE_STEP + "".join(f", recompute {RECOMPUTED[p]}" for p in recompute)
+            + (f", micro-batches of {micro_batch}" if micro_batch else ""))
 
 
 def table(profile: dict):
@@ -263,7 +274,7 @@ def chart(profile: dict, batch_size: int | None = None, title: str = "Where a tr
     ax.set(yticks=y, yticklabels=names, xlabel="seconds per step", title=f"time (batch {b})")
     ax.legend(fontsize=8, loc="lower right")
     mx.barh(y, [r.get("memory_gb", 0) for r in rows], color="tab:orange")
-    mx.set(xlabel="GB above the built network (peak RSS less the network's)", title="memory")
+    mx.set(xlabel="GB above the built network\n(peak RSS less the network's)", title="memory")
     ax.invert_yaxis()
     fig.suptitle(title)
     fig.tight_layout()

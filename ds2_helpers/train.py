@@ -16,6 +16,7 @@ from ds2_helpers import checkpoint as ckpt
 from ds2_helpers.config import ModelConfig, SpectConfig, TrainConfig, to_dict
 from ds2_helpers.dataset import Batch, SpeechData, make_batches, padded_seconds, shard
 from ds2_helpers.labels import BLANK_INDEX
+from ds2_helpers.micro_batch import AccumulatingStep
 from ds2_helpers.model import DeepSpeech2, freeze
 from ds2_helpers.optimizers import build_optimizer, set_learning_rate
 from ds2_helpers.schedules import annealed_lr as _annealed_lr, is_step_based, lr_at
@@ -188,9 +189,15 @@ class Trainer:
         self.frozen = freeze(self.net, conv=train_cfg.freeze_conv, rnn_layers=train_cfg.freeze_rnn_layers)
         self.loss_net = (loss_cell or CTCLossNet)(self._with_amp(self.net, amp))  # loss_cell: e.g. distill
         self.optimizer = build_optimizer(train_cfg, self.net.trainable_params())
-        self.step_cell = TrainStep(self.loss_net, self.optimizer, train_cfg.max_grad_norm, world)
-        if train_cfg.dynamic_shapes and train_cfg.mode.lower() == "graph":
-            self.step_cell.set_inputs(*dynamic_inputs(model_cfg.n_bins))
+        dynamic = train_cfg.dynamic_shapes and train_cfg.mode.lower() == "graph"
+        if train_cfg.micro_batch:
+            self.step_cell = AccumulatingStep(self.loss_net, self.optimizer, train_cfg.max_grad_norm,
+                                              train_cfg.micro_batch, world,
+                                              dynamic_inputs(model_cfg.n_bins) if dynamic else None)
+        else:
+            self.step_cell = TrainStep(self.loss_net, self.optimizer, train_cfg.max_grad_norm, world)
+            if dynamic:
+                self.step_cell.set_inputs(*dynamic_inputs(model_cfg.n_bins))
         self.state = TrainState()
         self.rss_gb, self.released, self._rss_floor = 0.0, False, None
         self.data_info: dict = {}  # the manifest and batching of the run (cmd_train); checkpoints record it
@@ -304,8 +311,11 @@ class Trainer:
     def step(self, batch: Batch) -> float:
         """One training step on a prepared batch; returns the loss."""
         self.net.set_train(True)
-        loss = float(self.step_cell(ms.Tensor(batch.x), ms.Tensor(batch.x_len), ms.Tensor(batch.y),
-                                    ms.Tensor(batch.y_len)).asnumpy())
+        if isinstance(self.step_cell, AccumulatingStep):
+            loss = self.step_cell.run(batch)
+        else:
+            loss = float(self.step_cell(ms.Tensor(batch.x), ms.Tensor(batch.x_len), ms.Tensor(batch.y),
+                                        ms.Tensor(batch.y_len)).asnumpy())
         self.rss_gb = resident_gb()
         policy = self.cfg.release_memory
         grown = self._rss_floor is not None and self.rss_gb > self._rss_floor * (1 + self.cfg.memory_slack)

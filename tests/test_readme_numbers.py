@@ -225,3 +225,30 @@ def test_the_step_profile_paragraph_quotes_its_reference(phrase, value):
     match = re.search(re.escape(phrase).replace(re.escape("{}"), r"(\d+(?:\.\d+)?)"), text)
     assert match, phrase
     assert same(match.group(1), value()), (phrase, match.group(1), value())
+
+
+MICRO = json.loads(repo_path("data", "micro_batch_reference_2core.json").read_text())
+
+
+def micro(m, key):
+    """A value of the micro-batch reference's batch-16 row in micro-batches of `m` (None: the whole batch)."""
+    return next(r[key] for r in MICRO["rows"] if r.get("micro_batch") == m and r["batch_size"] == 16)
+
+
+def _ratio(m):
+    return micro(m, "step_seconds") / micro(None, "step_seconds")
+
+
+@pytest.mark.parametrize("phrase, values", [
+    ("at once {} s per step and a {} GB peak", lambda: (micro(None, "step_seconds"), micro(None, "peak_gb"))),
+    ("micro-batches of 8, {}x the time and {} GB", lambda: (_ratio(8), micro(8, "peak_gb"))),
+    ("of 4, {}x and {} GB", lambda: (_ratio(4), micro(4, "peak_gb"))),
+    ("of 2, {}x and {} GB ({} MB per padded audio second)",
+     lambda: (_ratio(2), micro(2, "peak_gb"), micro(2, "peak_gb") * 1024 / (16 * 12.71))),
+])
+def test_the_micro_batch_sentence_quotes_its_reference(phrase, values):
+    text = " ".join(repo_path("README.md").read_text().split())
+    match = re.search(re.escape(phrase).replace(re.escape("{}"), r"(\d+(?:\.\d+)?)"), text)
+    assert match, phrase
+    for written, value in zip(match.groups(), values(), strict=True):
+        assert same(written, value), (phrase, written, value)

@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 
 from ds2_helpers.dataset import SpeechData, cut_batches, make_batches
-from ds2_helpers.plan import MemoryFit, PreflightError, largest_batch, make_plan, padded_seconds, preflight
+from ds2_helpers.plan import (MemoryFit, PreflightError, format_plan, largest_batch, make_plan, padded_seconds,
+                               preflight)
 
 
 def test_batches_by_padded_seconds_keep_the_budget_and_the_upper_bound():
@@ -40,6 +41,10 @@ def test_plan_arithmetic():
                  for b in cut_batches(list(range(7)), durations, 64, 140, padded_seconds))
     assert plan["epoch_hours"] == pytest.approx(padded * 0.5 / 3600)
     assert largest_batch([[0, 1], [2]], [100, 300, 1000], 64) == (1, 1024)
+    # fixed batches of 64 in micro-batches: 140 padded seconds fit (less the accumulators: 1000 parameters),
+    # the longest utterance that fits (24 s) pads to 24.32 s -> 5 at a time
+    assert plan["micro_batch"] == 5 and "--batch-size 64 --micro-batch 5" in format_plan(plan)
+    assert make_plan(durations, fit, memory_gb=12.0, headroom=0.25, batch_size=4, slack=0.0)["micro_batch"] == 4
 
 
 def test_feature_cache_on_disk_is_keyed_by_file_and_config(tiny_corpus, tmp_path):

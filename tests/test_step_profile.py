@@ -82,3 +82,20 @@ def test_failed_rows_are_shown_not_fatal(tmp_path):
     frame = step_profile.table({"rows": rows})
     assert frame.step_seconds.isna().sum() == 2 and frame.share_of_step.isna().all()
     assert step_profile.write({"rows": rows}, tmp_path)["png"].stat().st_size > 1000
+
+
+def test_whole_steps_in_micro_batches_run_beside_the_whole_batch():
+    # micro-batches of 8 are not smaller than the batch of 4: no row for them
+    profile = step_profile.run("mini", (4,), 2.0, micro_batches=(2, 8), parts=False, steps=1, progress=False)
+    rows = {r["name"]: r for r in profile["rows"]}
+    assert list(rows) == [step_profile.WHOLE_STEP, step_profile.whole_step_name(micro_batch=2)]
+    whole, micro = rows.values()
+    assert micro["micro_batch"] == 2 and whole["micro_batch"] is None
+    for r in (whole, micro):
+        assert "error" not in r, r.get("error")
+        assert r["loss_finite"] and r["step_seconds"] > 0 and r["peak_gb"] > 0
+    # the same batch: the same audio, so the same FLOP floor
+    assert micro["audio_seconds_per_step"] == whole["audio_seconds_per_step"]
+    assert micro["floor_seconds"] == pytest.approx(whole["floor_seconds"])
+    assert step_profile.whole_step_name(("rnn",), 4) == (step_profile.WHOLE_STEP + ", recompute each RNN layer, "
+                                                          "micro-batches of 4")

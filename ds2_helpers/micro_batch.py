@@ -1,0 +1,106 @@
+"""Gradient accumulation: one update from a batch run as several smaller micro-batches.
+
+A training step's memory grows with the utterances it runs at once (the LSTM's kept gates and states, oneDNN's
+buffers: ds2_helpers.step_profile), but the update only needs the batch's mean gradient. Running the batch in
+micro-batches and summing their gradients, each weighted by its share of the batch, gives the same mean gradient
+(the loss is a mean over utterances) with the memory of one micro-batch. What changes: BatchNorm's batch statistics
+come from each micro-batch, and its moving averages take one update per micro-batch; the matmuls are smaller, so
+each utterance costs more time (measured by `bench`, TrainConfig.micro_batch)."""
+
+from __future__ import annotations
+
+import mindspore as ms
+import numpy as np
+from mindspore import nn, ops
+
+from ds2_helpers.dataset import Batch
+
+
+def split(batch: Batch, micro_batch: int) -> list[tuple[Batch, float]]:
+    """(micro-batch, its share of the batch's utterances) for each run of `micro_batch` utterances. Each keeps the
+    batch's frame padding (one shape for the compiled graph) but is cut to its own longest label."""
+    n = batch.x.shape[0]
+    out = []
+    for start in range(0, n, micro_batch):
+        part = slice(start, min(start + micro_batch, n))
+        y_len = batch.y_len[part]
+        labels = max(int(y_len.max()), 1) if len(y_len) else 1
+        labels = min(batch.y.shape[1], labels)
+        out.append((Batch(batch.x[part], batch.x_len[part], batch.y[part, :labels], y_len, batch.ids[part]),
+                    (part.stop - part.start) / n))
+    return out
+
+
+class _Accumulate(nn.Cell):
+    """acc <- keep * acc + share * grad, for every trainable parameter; returns the micro-batch's loss."""
+
+    def __init__(self, loss_net: nn.Cell, weights, accumulators) -> None:
+        super().__init__(auto_prefix=False)
+        self.loss_net = loss_net
+        self.weights = weights
+        self.accumulators = accumulators
+        self.grad_fn = ms.value_and_grad(loss_net, None, weights)
+        self.hyper_map = ops.HyperMap()
+
+    def construct(self, x, x_len, y, y_len, share, keep):
+        loss, grads = self.grad_fn(x, x_len, y, y_len)
+        self.hyper_map(ops.partial(_fold, share, keep), self.accumulators, grads)
+        return loss
+
+
+def _fold(share, keep, acc, grad):
+    return ops.assign(acc, acc * keep + grad * share)
+
+
+class _Apply(nn.Cell):
+    """All-reduce (data parallel), global-norm clipping and the update, from the accumulated gradients."""
+
+    def __init__(self, optimizer: nn.Optimizer, accumulators, max_grad_norm: float, reducer) -> None:
+        super().__init__(auto_prefix=False)
+        self.optimizer = optimizer
+        self.accumulators = accumulators
+        self.max_grad_norm = max_grad_norm
+        self.reducer = reducer
+        self.hyper_map = ops.HyperMap()
+
+    def construct(self):
+        grads = self.hyper_map(ops.identity, self.accumulators)
+        if self.reducer is not None:
+            grads = self.reducer(grads)
+        grads = ops.clip_by_global_norm(grads, self.max_grad_norm)
+        self.optimizer(grads)
+        return grads[0].sum()
+
+
+class AccumulatingStep:
+    """A training step run in micro-batches of `micro_batch` utterances; called like TrainStep, on numpy arrays
+    through `run(batch)`. The accumulators (one float32 copy of the trainable parameters) are not checkpointed:
+    a step is either whole or not taken."""
+
+    def __init__(self, loss_net: nn.Cell, optimizer: nn.Optimizer, max_grad_norm: float, micro_batch: int,
+                 world: int = 1, dynamic_inputs: tuple | None = None) -> None:
+        weights = optimizer.parameters
+        self.accumulators = weights.clone(prefix="grad_accumulator", init="zeros")
+        reducer = nn.DistributedGradReducer(weights, mean=True, degree=world) if world > 1 else None
+        self.accumulate = _Accumulate(loss_net, weights, self.accumulators)
+        self.apply = _Apply(optimizer, self.accumulators, max_grad_norm, reducer)
+        self.micro_batch = micro_batch
+        if dynamic_inputs is not None:
+            scalar = ms.Tensor(shape=[], dtype=ms.float32)
+            self.accumulate.set_inputs(*dynamic_inputs, scalar, scalar)
+
+    def run(self, batch: Batch) -> float:
+        """One update from the whole batch; returns the batch's mean loss."""
+        loss = 0.0
+        for k, (part, share) in enumerate(split(batch, self.micro_batch)):
+            value = self.accumulate(ms.Tensor(part.x), ms.Tensor(part.x_len), ms.Tensor(part.y),
+                                    ms.Tensor(part.y_len), ms.Tensor(share, ms.float32),
+                                    ms.Tensor(0.0 if k == 0 else 1.0, ms.float32))
+            loss += share * float(value.asnumpy())
+        self.apply().asnumpy()  # waits for the update
+        return loss
+
+
+def accumulator_bytes(optimizer: nn.Optimizer) -> int:
+    """Memory the accumulators add: one float32 value per trainable parameter."""
+    return int(sum(np.prod(p.shape) for p in optimizer.parameters)) * 4
