@@ -131,10 +131,12 @@ def _preflight(args: argparse.Namespace, train_cfg, spect, data) -> None:
     batches = epoch_batches(train_cfg, spect, data, 0, pad_multiple=args.pad_multiple)
     stretch = train_cfg.augment.max_stretch  # speed perturbation at 0.9 makes the audio 1/0.9 as long
     frames = [n_frames(int(round(d * stretch * spect.sample_rate)), spect) for d in data.durations]
-    batch, padded = largest_batch(batches, frames, args.pad_multiple)
-    print(f"preflight: one step of the largest batch ({batch} x {padded / 100:.1f} s) ...", flush=True)
+    batch, padded = largest_batch(batches, frames, args.pad_multiple, train_cfg.micro_batch)
+    at_once = f", {min(batch, train_cfg.micro_batch)} at a time" if train_cfg.micro_batch else ""
+    print(f"preflight: one step of the largest batch ({batch} x {padded / 100:.1f} s{at_once}) ...", flush=True)
     result = preflight(args.preset, batch, padded, conv=args.conv, mode=train_cfg.mode, freeze_conv=train_cfg.freeze_conv,
-                       freeze_rnn_layers=train_cfg.freeze_rnn_layers, micro_batch=train_cfg.micro_batch)
+                       freeze_rnn_layers=train_cfg.freeze_rnn_layers,
+                       micro_batch=train_cfg.micro_batch if (train_cfg.micro_batch or batch) < batch else None)
     print(f"preflight: fits, peak {result['peak_gb']:.1f} GB of {result['memory_available_gb']:.1f} GB available, "
           f"{result['step_seconds']:.1f} s for that step", flush=True)
 
@@ -155,8 +157,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from ds2_helpers.model import architecture_table
 
     params = int(architecture_table(model_preset(args.preset))["parameters"].sum())  # no network built to count
-    plan = make_plan(frame.duration.to_numpy(), fit, memory_gb=args.memory_gb, batch_size=args.batch_size,
-                     batch_seconds=args.batch_seconds, parameters=params)
+    from ds2_helpers.config import train_preset
+
+    plan = make_plan(frame.duration.to_numpy(), fit, memory_gb=args.memory_gb, batch_size=args.batch_size or 64,
+                     batch_seconds=args.batch_seconds, parameters=params,
+                     fixed_batch=args.batch_size or train_preset(args.preset).batch_size)
     print(format_plan(plan, list(frame.utterance_id)))
     if args.out:
         import json
@@ -330,6 +335,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from ds2_helpers.bench import Suite, write_results
     from ds2_helpers.experiments import experiments
 
+    if (args.micro_batches or args.whole_only) and not args.profile:
+        raise ParameterError("--micro-batches and --whole-only go with --profile (e.g. bench --profile --whole-only "
+                             "--batch-sizes 16 --micro-batches 2 4 8)")
     if args.profile:
         from ds2_helpers import bench, step_profile
 
@@ -606,7 +614,9 @@ def add_commands(sub) -> None:
     p.add_argument("--preset", default="paper", choices=["paper", "mini"])
     p.add_argument("--manifest", required=True)
     p.add_argument("--memory-gb", type=positive, help="plan for this much memory instead of what is available now")
-    p.add_argument("--batch-size", type=at_least(1), default=64, help="upper bound on utterances per batch")
+    p.add_argument("--batch-size", type=at_least(1),
+                   help="upper bound on utterances per batch (default 64), and the fixed batch whose --micro-batch "
+                        "is planned (default: the preset's batch size)")
     p.add_argument("--batch-seconds", type=positive, help="plan this batch size instead of the largest that fits")
     p.add_argument("--probe-seconds", type=positive, default=10.0, help="utterance length of the measured steps")
     p.add_argument("--conv", choices=["native", "matmul"], default=DEFAULT_CONV, help="as `train --conv`")

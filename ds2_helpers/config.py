@@ -235,6 +235,9 @@ class TrainConfig:
         if self.micro_batch is not None and self.micro_batch < 1:
             raise ParameterError(f"micro batch {self.micro_batch}: use 1 or more utterances per micro-batch, or None "
                                  "to run each batch at once")
+        if self.micro_batch is not None and self.micro_batch > self.batch_size:
+            raise ParameterError(f"micro batch {self.micro_batch} > batch size {self.batch_size}: every batch would "
+                                 f"run at once; use 1 to {self.batch_size - 1}, or leave --micro-batch out")
         if self.epochs < 1:
             raise ParameterError(f"epochs {self.epochs}: use 1 or more (0 would write an untrained checkpoint)")
         if not self.learning_rate > 0:

@@ -18,21 +18,20 @@ from ds2_helpers.dataset import Batch
 
 def split(batch: Batch, micro_batch: int) -> list[tuple[Batch, float]]:
     """(micro-batch, its share of the batch's utterances) for each run of `micro_batch` utterances. Each keeps the
-    batch's frame padding (one shape for the compiled graph) but is cut to its own longest label."""
+    batch's padding of frames and labels: every shape MindSpore sees keeps its own memory (ds2_helpers.train), so
+    the micro-batches add no shapes but the last, shorter one."""
     n = batch.x.shape[0]
     out = []
     for start in range(0, n, micro_batch):
         part = slice(start, min(start + micro_batch, n))
-        y_len = batch.y_len[part]
-        labels = max(int(y_len.max()), 1) if len(y_len) else 1
-        labels = min(batch.y.shape[1], labels)
-        out.append((Batch(batch.x[part], batch.x_len[part], batch.y[part, :labels], y_len, batch.ids[part]),
+        out.append((Batch(batch.x[part], batch.x_len[part], batch.y[part], batch.y_len[part], batch.ids[part]),
                     (part.stop - part.start) / n))
     return out
 
 
 class _Accumulate(nn.Cell):
-    """acc <- keep * acc + share * grad, for every trainable parameter; returns the micro-batch's loss."""
+    """acc <- acc + share * grad (acc <- share * grad when `keep` is 0: the batch's first micro-batch), for every
+    trainable parameter; returns the micro-batch's loss."""
 
     def __init__(self, loss_net: nn.Cell, weights, accumulators) -> None:
         super().__init__(auto_prefix=False)
@@ -49,7 +48,8 @@ class _Accumulate(nn.Cell):
 
 
 def _fold(share, keep, acc, grad):
-    return ops.assign(acc, acc * keep + grad * share)
+    kept = ops.where(keep > 0, acc, ops.zeros_like(acc))  # not acc * 0: a NaN would be carried over
+    return ops.assign(acc, kept + grad * share)
 
 
 class _Apply(nn.Cell):
@@ -64,7 +64,7 @@ class _Apply(nn.Cell):
         self.hyper_map = ops.HyperMap()
 
     def construct(self):
-        grads = self.hyper_map(ops.identity, self.accumulators)
+        grads = self.accumulators
         if self.reducer is not None:
             grads = self.reducer(grads)
         grads = ops.clip_by_global_norm(grads, self.max_grad_norm)

@@ -115,7 +115,8 @@ def librispeech_disk(subsets=("train-clean-100", "dev-clean", "test-clean"), *, 
 
 def make_plan(durations, fit: MemoryFit, *, memory_gb: float | None = None, batch_size: int = 64,
               batch_seconds: float | None = None, parameters: int = 86_608_096, keep_last: int = 3,
-              pad_multiple: int = 64, headroom: float = HEADROOM, slack: float | None = None) -> dict:
+              pad_multiple: int = 64, headroom: float = HEADROOM, slack: float | None = None,
+              fixed_batch: int | None = None) -> dict:
     """Batch seconds that fit, steps and hours per epoch, peak memory, checkpoint disk, utterances that cannot fit.
 
     `slack`: training gives MindSpore's per-shape memory back once it has grown by this share (TrainConfig's
@@ -123,6 +124,7 @@ def make_plan(durations, fit: MemoryFit, *, memory_gb: float | None = None, batc
     from ds2_helpers.config import TrainConfig
 
     slack = TrainConfig().memory_slack if slack is None else slack
+    fixed_batch = fixed_batch or batch_size
     durations = np.asarray(durations, dtype=float)
     memory_gb = available_memory_gb() if memory_gb is None else memory_gb
     budget = memory_gb * (1 - headroom) / (1 + slack)
@@ -148,7 +150,8 @@ def make_plan(durations, fit: MemoryFit, *, memory_gb: float | None = None, batc
         "checkpoint_disk_gb": checkpoint_disk_gb(parameters, keep_last),
         "feature_cache_gb": feature_cache_gb(float(durations.sum() / 3600)),
         "cannot_fit": too_long, "probes": fit.probes,
-        "micro_batch": micro_batch_that_fits(fit, budget, max(fitting, default=0.0), batch_size, parameters),
+        "fixed_batch": fixed_batch,
+        "micro_batch": micro_batch_that_fits(fit, budget, max(fitting, default=0.0), fixed_batch, parameters),
     }
 
 
@@ -182,11 +185,13 @@ def format_plan(plan: dict, names: list[str] | None = None) -> str:
         f"disk for checkpoints: about {plan['checkpoint_disk_gb']:.1f} GB (keep-last 3 resumable + final weights); "
         f"for --feature-cache: about {plan['feature_cache_gb']:.1f} GB",
     ]
-    m, n = plan.get("micro_batch", 0), plan["batch_size_limit"]
+    m, n = plan.get("micro_batch", 0), plan.get("fixed_batch", plan["batch_size_limit"])
     if 0 < m < n:
         lines.append(f"or fixed batches of {n} utterances: --batch-size {n} --micro-batch {m} (each batch run {m} "
-                     "utterances at a time, one update from their summed gradients: the same updates, slower per "
-                     "utterance)")
+                     "utterances at a time, one update from their summed gradients: the batch's update but for "
+                     "BatchNorm's statistics, slower per utterance)")
+    elif m >= n:
+        lines.append(f"fixed batches of {n} utterances fit whole (no --micro-batch needed)")
     bad = plan["cannot_fit"]
     if bad:
         shown = ", ".join((names[i] if names else str(i)) for i in bad[:10])
@@ -197,12 +202,15 @@ def format_plan(plan: dict, names: list[str] | None = None) -> str:
     return "\n".join(lines)
 
 
-def largest_batch(batches: list[list[int]], frames: list[int], pad_multiple: int = 64) -> tuple[int, int]:
-    """(utterances, padded frames) of the batch with the most padded frames: the step that needs most memory."""
+def largest_batch(batches: list[list[int]], frames: list[int], pad_multiple: int = 64,
+                  micro_batch: int | None = None) -> tuple[int, int]:
+    """(utterances, padded frames) of the batch with the most padded frames run at once: the step that needs
+    most memory. With micro-batches of M, a batch runs at most M utterances at once, so a few long ones may need
+    more than many short ones."""
     def padded(b):
-        return len(b) * math.ceil(max(frames[i] for i in b) / pad_multiple) * pad_multiple
+        return min(len(b), micro_batch or len(b)) * math.ceil(max(frames[i] for i in b) / pad_multiple) * pad_multiple
     b = max(batches, key=padded)
-    return len(b), padded(b) // len(b)
+    return len(b), padded(b) // min(len(b), micro_batch or len(b))
 
 
 def preflight(preset: str, batch: int, frames: int, *, memory_gb: float | None = None, **options) -> dict:

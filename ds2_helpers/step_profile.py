@@ -206,6 +206,9 @@ def run(preset: str = "paper", batch_sizes: tuple[int, ...] = (1, 16), seconds: 
             print(f"batch {cfg.batch_size}, {cfg.name}: " + (f"{res['step_seconds']:.2f} s, "
                   f"{res['memory_gb']:.2f} GB" if "error" not in res else "failed: " + res["error"]), flush=True)
     largest = max(batch_sizes)
+    if progress and any(m >= largest for m in micro_batches):
+        print(f"micro-batches of {', '.join(str(m) for m in micro_batches if m >= largest)}: not smaller than the "
+              f"largest batch ({largest}), so no different from it: not run", flush=True)
     wholes = ([(b, (), None) for b in batch_sizes] + [(largest, kept, None) for kept in recompute]
               + [(largest, (), m) for m in micro_batches if m < largest])
     for b, kept, micro in wholes:
@@ -232,8 +235,9 @@ def run(preset: str = "paper", batch_sizes: tuple[int, ...] = (1, 16), seconds: 
             row["floor_seconds"] = row["gflop"] / rate
             row["percent_of_floor"] = 100 * row["floor_seconds"] / row["step_seconds"] if row["gflop"] else None
     return {"machine": bench.machine(), "matmul_gflops": rate, "rates_before": before, "rates_after": after,
-            "what": "each part of a training step in its own process (Graph mode, synthetic utterances of "
-                    f"{seconds} s); memory_gb = peak RSS above the built network", "rows": rows}
+            "what": f"{'each part of a training step' if parts else 'whole training steps'} in its own process "
+                    f"(Graph mode, synthetic utterances of {seconds} s); memory_gb = peak RSS above the built network",
+            "rows": rows}
 
 
 def whole_step_name(recompute: tuple[str, ...] = (), micro_batch: int | None = None) -> str:
@@ -272,7 +276,7 @@ def chart(profile: dict, batch_size: int | None = None, title: str = "Where a tr
     ax.scatter([r.get("floor_seconds") or 0 for r in rows], y, color="tab:red", marker="|", s=300, zorder=3,
                label="its FLOP floor")
     ax.set(yticks=y, yticklabels=names, xlabel="seconds per step", title=f"time (batch {b})")
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=2, frameon=False)
     mx.barh(y, [r.get("memory_gb", 0) for r in rows], color="tab:orange")
     mx.set(xlabel="GB above the built network\n(peak RSS less the network's)", title="memory")
     ax.invert_yaxis()

@@ -129,6 +129,8 @@ BAD_ARGUMENTS = [  # refused by the argument parser before any work: exit 2, the
     (["--warmup-steps", "5"], "warmup_steps: only the step-based schedules (cosine, onecycle) use them"),
     (["--schedule", "cosine", "--warmup-steps", "9", "--schedule-steps", "9"], "warm-up must end before"),
     (["--augment", "speed,pitch"], "argument --augment: 'pitch': unknown; use a comma-separated list of speed, gain"),
+    (["--micro-batch", "0"], "argument --micro-batch: 0 is too small"),
+    (["--micro-batch", "5"], "micro batch 5 > batch size 4: every batch would run at once; use 1 to 3"),
 ]
 
 
@@ -247,6 +249,8 @@ OTHER_COMMANDS = [  # (case, argv from a tmp folder and the tiny corpus, words o
      lambda t, c: ["librispeech", "download", "--subset", "train", "--root", t], ["train-clean-100"]),
     ("transcribe a missing file", lambda t, c: ["transcribe", "--checkpoint", MINI, t / "gone.wav"],
      ["gone.wav", "no such audio file"]),
+    ("bench --micro-batches without --profile", lambda t, c: ["bench", "--micro-batches", "2", "--out", t / "b"],
+     ["--micro-batches and --whole-only go with --profile"]),
     ("export under a regular file",
      lambda t, c: ["export", "--checkpoint", MINI, "--frames", "200", "--out", _under_a_file(t)],
      ["file", "choose another path"]),

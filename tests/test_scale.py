@@ -44,7 +44,11 @@ def test_plan_arithmetic():
     # fixed batches of 64 in micro-batches: 140 padded seconds fit (less the accumulators: 1000 parameters),
     # the longest utterance that fits (24 s) pads to 24.32 s -> 5 at a time
     assert plan["micro_batch"] == 5 and "--batch-size 64 --micro-batch 5" in format_plan(plan)
-    assert make_plan(durations, fit, memory_gb=12.0, headroom=0.25, batch_size=4, slack=0.0)["micro_batch"] == 4
+    small = make_plan(durations, fit, memory_gb=12.0, headroom=0.25, batch_size=64, fixed_batch=4, slack=0.0)
+    assert small["micro_batch"] == 4 and "batches of 4 utterances fit whole" in format_plan(small)
+    # six 3-second utterances outweigh two 7-second ones, but not when only 2 run at once
+    assert largest_batch([list(range(6)), [6, 7]], [300] * 6 + [700] * 2, 64) == (6, 320)
+    assert largest_batch([list(range(6)), [6, 7]], [300] * 6 + [700] * 2, 64, micro_batch=2) == (2, 704)
 
 
 def test_feature_cache_on_disk_is_keyed_by_file_and_config(tiny_corpus, tmp_path):
