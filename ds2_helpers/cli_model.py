@@ -132,11 +132,11 @@ def _preflight(args: argparse.Namespace, train_cfg, spect, data) -> None:
     stretch = train_cfg.augment.max_stretch  # speed perturbation at 0.9 makes the audio 1/0.9 as long
     frames = [n_frames(int(round(d * stretch * spect.sample_rate)), spect) for d in data.durations]
     batch, padded = largest_batch(batches, frames, args.pad_multiple, train_cfg.micro_batch)
-    at_once = f", {min(batch, train_cfg.micro_batch)} at a time" if train_cfg.micro_batch else ""
+    micro = train_cfg.micro_batch if (train_cfg.micro_batch or batch) < batch else None  # else it runs whole
+    at_once = f", {micro} at a time" if micro else ""
     print(f"preflight: one step of the largest batch ({batch} x {padded / 100:.1f} s{at_once}) ...", flush=True)
     result = preflight(args.preset, batch, padded, conv=args.conv, mode=train_cfg.mode, freeze_conv=train_cfg.freeze_conv,
-                       freeze_rnn_layers=train_cfg.freeze_rnn_layers,
-                       micro_batch=train_cfg.micro_batch if (train_cfg.micro_batch or batch) < batch else None)
+                       freeze_rnn_layers=train_cfg.freeze_rnn_layers, micro_batch=micro)
     print(f"preflight: fits, peak {result['peak_gb']:.1f} GB of {result['memory_available_gb']:.1f} GB available, "
           f"{result['step_seconds']:.1f} s for that step", flush=True)
 

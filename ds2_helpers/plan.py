@@ -207,10 +207,10 @@ def largest_batch(batches: list[list[int]], frames: list[int], pad_multiple: int
     """(utterances, padded frames) of the batch with the most padded frames run at once: the step that needs
     most memory. With micro-batches of M, a batch runs at most M utterances at once, so a few long ones may need
     more than many short ones."""
-    def padded(b):
-        return min(len(b), micro_batch or len(b)) * math.ceil(max(frames[i] for i in b) / pad_multiple) * pad_multiple
-    b = max(batches, key=padded)
-    return len(b), padded(b) // min(len(b), micro_batch or len(b))
+    def longest(b):
+        return math.ceil(max(frames[i] for i in b) / pad_multiple) * pad_multiple
+    b = max(batches, key=lambda b: min(len(b), micro_batch or len(b)) * longest(b))
+    return len(b), longest(b)
 
 
 def preflight(preset: str, batch: int, frames: int, *, memory_gb: float | None = None, **options) -> dict:

@@ -48,6 +48,15 @@ def same(written: str, value: float) -> bool:
     return f"{value:.{decimals}f}" == written
 
 
+def assert_quoted(phrase: str, *values: float) -> None:
+    """README holds `phrase` with each {} a number, and each number is its value at the precision written."""
+    text = " ".join(repo_path("README.md").read_text().split())
+    match = re.search(re.escape(phrase).replace(re.escape("{}"), r"(\d+(?:\.\d+)?)"), text)
+    assert match, phrase
+    for written, value in zip(match.groups(), values, strict=True):
+        assert same(written, value), (phrase, written, value)
+
+
 def test_every_row_of_the_speed_table_is_in_the_reference():
     rows = table_rows()
     matched = set()
@@ -76,10 +85,7 @@ def test_every_row_of_the_speed_table_is_in_the_reference():
     ("already at {}% of the floor", lambda: REF[COURSE]["percent_of_floor"]),
 ])
 def test_the_paragraphs_quote_the_reference(phrase, value):
-    text = " ".join(repo_path("README.md").read_text().split())
-    match = re.search(re.escape(phrase).replace(re.escape("{}"), r"(\d+(?:\.\d+)?)"), text)
-    assert match, phrase
-    assert same(match.group(1), value()), (phrase, match.group(1), value())
+    assert_quoted(phrase, value())
 
 
 def drift(conv: str):
@@ -98,10 +104,7 @@ def drift(conv: str):
     ("{} s by step 65 with one per tap", lambda: drift("matmul conv (ours, one product per tap")[65]),
 ])
 def test_the_long_run_paragraph_quotes_the_drift_reference(phrase, value):
-    text = " ".join(repo_path("README.md").read_text().split())
-    match = re.search(re.escape(phrase).replace(re.escape("{}"), r"(\d+(?:\.\d+)?)"), text)
-    assert match, phrase
-    assert same(match.group(1), value()), (phrase, match.group(1), value())
+    assert_quoted(phrase, value())
 
 
 def recipes():
@@ -167,10 +170,7 @@ def ref(path):
     ("(teacher {})", lambda: ref(["distill"]).iloc[0].last_cer),
 ])
 def test_the_recipes_paragraph_quotes_notebook_08s_references(phrase, value):
-    text = " ".join(repo_path("README.md").read_text().split())
-    match = re.search(re.escape(phrase).replace(re.escape("{}"), r"(\d+(?:\.\d+)?)"), text)
-    assert match, phrase
-    assert same(match.group(1), value()), (phrase, match.group(1), value())
+    assert_quoted(phrase, value())
 
 
 PROFILE = json.loads(repo_path("data", "profile_reference_2core.json").read_text())
@@ -221,10 +221,7 @@ def _kept_gb():
     ("it raised the peak ({} GB)", lambda: profiled(WHOLE + ", recompute the convolution block", "peak_gb")),
 ])
 def test_the_step_profile_paragraph_quotes_its_reference(phrase, value):
-    text = " ".join(repo_path("README.md").read_text().split())
-    match = re.search(re.escape(phrase).replace(re.escape("{}"), r"(\d+(?:\.\d+)?)"), text)
-    assert match, phrase
-    assert same(match.group(1), value()), (phrase, match.group(1), value())
+    assert_quoted(phrase, value())
 
 
 MICRO = json.loads(repo_path("data", "micro_batch_reference_2core.json").read_text())
@@ -247,8 +244,4 @@ def _ratio(m):
      lambda: (_ratio(2), micro(2, "peak_gb"), micro(2, "peak_gb") * 1024 / (16 * 12.71))),
 ])
 def test_the_micro_batch_sentence_quotes_its_reference(phrase, values):
-    text = " ".join(repo_path("README.md").read_text().split())
-    match = re.search(re.escape(phrase).replace(re.escape("{}"), r"(\d+(?:\.\d+)?)"), text)
-    assert match, phrase
-    for written, value in zip(match.groups(), values(), strict=True):
-        assert same(written, value), (phrase, written, value)
+    assert_quoted(phrase, *values())
