@@ -47,6 +47,8 @@ def experiments(quick: bool = False, only: list[str] | None = None, manifest=Non
     ]
     for b in ([8] if quick else [8, 16]):  # the best configuration's own batch size is measured last
         configs.append(replace(best, name=f"batch {b}", batch_size=b))
+    if not quick:  # the largest batch's update in a quarter of the memory at once (train --micro-batch)
+        configs.append(replace(best, name="batch 16 in micro-batches of 4", batch_size=16, micro_batch=4))
     configs += [
         replace(best, name=f"matmul conv instead of Conv2d (batch {batch}; first steps only)", conv_impl="matmul",
                 kind="contrast"),

@@ -39,7 +39,10 @@ def test_quick_experiments_cover_every_axis():
     for word in ("course", "pynative", "batch 4", "random batches", "thread", "float16", "bfloat16", "transfer",
                  "smaller", "combined"):
         assert word in names, word
-    assert "GRU" in " | ".join(c.name for c in experiments(quick=False))
+    full = {c.name: c for c in experiments(quick=False)}
+    assert any("GRU" in name for name in full)
+    micro = full["batch 16 in micro-batches of 4"]
+    assert (micro.batch_size, micro.micro_batch, micro.kind) == (16, 4, "step")
 
 
 def test_suite_measures_side_by_side_and_writes_results(tmp_path):
