@@ -8,11 +8,10 @@ the compilation on tiny inputs before anything is timed.
 The bounds (a roofline): the forward pass costs FLOPs (the architecture table's) and memory traffic. At batch 1
 every LSTM step multiplies one vector by W_hh (4H x H floats, 16.8 MB per direction and layer for `paper`), so the
 weights stream through once per output frame: `recurrent_bytes_per_audio_second`. The machine's two rates are
-measured in the same run: sgemm (NumPy and MindSpore, the better one) and the rate a matrix-vector product of
-W_hh's size reads its matrix (NumPy's sgemv or MindSpore's matmul, the better one). The bound is whichever takes
-longer. Where a measured configuration beats the memory bound (more than 100% of it), oneDNN's LSTM read its
-weights faster than any matrix-vector product measured here - from cache, most likely - and FLOPs are the bound
-left to compare with.
+measured in the same run: sgemm (NumPy and MindSpore, the better one) and the fastest rate at which anything
+measured here streams a W_hh-sized matrix through the recurrence (`weight_read_gbytes`: a matrix-vector product,
+or MindSpore's own LSTM kernel, which on the reference host read its weights faster than either matrix-vector
+product: data/inference_reference_2core.json). The bound is whichever takes longer.
 """
 
 from __future__ import annotations
@@ -71,21 +70,33 @@ def recurrent_bytes_per_audio_second(cfg, batch: int = 1) -> float:
     return cfg.hidden_layers * 2 * gates * cfg.hidden_size * cfg.hidden_size * 4 * frames / batch
 
 
-def sgemv_gbytes(cfg, repeats: int = 200) -> float:
-    """GB/s at which a matrix-vector product reads a W_hh-sized matrix (the batch-1 LSTM step): the best of NumPy's
-    sgemv and MindSpore's (oneDNN's) compiled matmul, each the best of three timed loops."""
+def weight_read_gbytes(cfg, repeats: int = 200, frames: int = 200) -> dict[str, float]:
+    """GB/s at which this machine streams a W_hh-sized matrix through the batch-1 recurrence, three ways, each
+    the best of three timed loops: NumPy's sgemv, MindSpore's (oneDNN's) compiled matmul of one row, and
+    MindSpore's own LSTM kernel stepping one utterance through `frames` frames (one layer, one direction, one
+    input feature, so nearly all of its time is the recurrence, each step reading all of W_hh). The roofline
+    uses the fastest: no way of running the network found so far reads its weights faster."""
     import mindspore as ms
-    from mindspore import ops
+    from mindspore import nn, ops
 
     gates = 4 if cfg.rnn_type.upper() == "LSTM" else 3
     rng = np.random.default_rng(0)
     w = rng.standard_normal((gates * cfg.hidden_size, cfg.hidden_size)).astype(np.float32)
     v = rng.standard_normal(cfg.hidden_size).astype(np.float32)
     w_ms, v_ms = ms.Tensor(np.ascontiguousarray(w.T)), ms.Tensor(v[None])
-    step = ms.jit(ops.matmul)
-    step(v_ms, w_ms).asnumpy()
+    class Recurrence(nn.Cell):
+        def __init__(self):
+            super().__init__()
+            self.rnn = (nn.LSTM if gates == 4 else nn.GRU)(1, cfg.hidden_size, 1, batch_first=True)
 
-    def best(run, reps) -> float:
+        def construct(self, x, h0):
+            return self.rnn(x, (h0, h0) if gates == 4 else h0)[0]
+
+    matmul, rnn = ms.jit(ops.matmul), ms.jit(Recurrence())
+    x = ms.Tensor(np.zeros((1, frames, 1), np.float32))
+    h0 = ms.Tensor(np.zeros((1, 1, cfg.hidden_size), np.float32))
+
+    def best(run, reps, nbytes) -> float:
         seconds = np.inf
         for _ in range(3):
             t0 = time.perf_counter()
@@ -93,15 +104,19 @@ def sgemv_gbytes(cfg, repeats: int = 200) -> float:
             if hasattr(out, "asnumpy"):
                 out.asnumpy()
             seconds = min(seconds, (time.perf_counter() - t0) / reps)
-        return w.nbytes / seconds / 1e9
+        return nbytes / seconds / 1e9
 
-    return max(best(lambda: w @ v, repeats), best(lambda: step(v_ms, w_ms), repeats // 2))
+    matmul(v_ms, w_ms).asnumpy()
+    rnn(x, h0).asnumpy()
+    return {"numpy sgemv": best(lambda: w @ v, repeats, w.nbytes),
+            "mindspore matmul": best(lambda: matmul(v_ms, w_ms), repeats // 2, w.nbytes),
+            "mindspore recurrence": best(lambda: rnn(x, h0), 3, w.nbytes * frames)}
 
 
-def bounds(cfg, batch: int, sgemm_gflops: float, gemv_gbps: float) -> dict:
+def bounds(cfg, batch: int, sgemm_gflops: float, read_gbps: float) -> dict:
     """The roofline for one configuration: seconds of compute per audio second (= the best possible RTF)
     from FLOPs, from W_hh traffic, and the larger of the two, which names the bound."""
     flop_rtf = forward_flops_per_audio_second(cfg) / (sgemm_gflops * 1e9)
-    memory_rtf = recurrent_bytes_per_audio_second(cfg, batch) / (gemv_gbps * 1e9)
+    memory_rtf = recurrent_bytes_per_audio_second(cfg, batch) / (read_gbps * 1e9)
     return {"flop_rtf": flop_rtf, "memory_rtf": memory_rtf, "bound_rtf": max(flop_rtf, memory_rtf),
             "bound": "FLOPs" if flop_rtf >= memory_rtf else "memory (W_hh per step)"}

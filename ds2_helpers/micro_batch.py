@@ -10,10 +10,10 @@ each utterance costs more time (measured by `bench`, TrainConfig.micro_batch).""
 from __future__ import annotations
 
 import mindspore as ms
-import numpy as np
 from mindspore import nn, ops
 
 from ds2_helpers.dataset import Batch
+from ds2_helpers.optimizers import Update
 
 
 def split(batch: Batch, micro_batch: int) -> list[tuple[Batch, float]]:
@@ -53,23 +53,15 @@ def _fold(share, keep, acc, grad):
 
 
 class _Apply(nn.Cell):
-    """All-reduce (data parallel), global-norm clipping and the update, from the accumulated gradients."""
+    """The `Update` (all-reduce, clipping, the optimizer) from the accumulated gradients."""
 
-    def __init__(self, optimizer: nn.Optimizer, accumulators, max_grad_norm: float, reducer) -> None:
+    def __init__(self, update: Update, accumulators) -> None:
         super().__init__(auto_prefix=False)
-        self.optimizer = optimizer
+        self.update = update
         self.accumulators = accumulators
-        self.max_grad_norm = max_grad_norm
-        self.reducer = reducer
-        self.hyper_map = ops.HyperMap()
 
     def construct(self):
-        grads = self.accumulators
-        if self.reducer is not None:
-            grads = self.reducer(grads)
-        grads = ops.clip_by_global_norm(grads, self.max_grad_norm)
-        self.optimizer(grads)
-        return grads[0].sum()
+        return ops.depend(self.accumulators[0].sum(), self.update(self.accumulators))  # a value that waits for it
 
 
 class AccumulatingStep:
@@ -81,9 +73,8 @@ class AccumulatingStep:
                  world: int = 1, dynamic_inputs: tuple | None = None) -> None:
         weights = optimizer.parameters
         self.accumulators = weights.clone(prefix="grad_accumulator", init="zeros")
-        reducer = nn.DistributedGradReducer(weights, mean=True, degree=world) if world > 1 else None
         self.accumulate = _Accumulate(loss_net, weights, self.accumulators)
-        self.apply = _Apply(optimizer, self.accumulators, max_grad_norm, reducer)
+        self.apply = _Apply(Update(optimizer, max_grad_norm, world), self.accumulators)
         self.micro_batch = micro_batch
         if dynamic_inputs is not None:
             scalar = ms.Tensor(shape=[], dtype=ms.float32)
@@ -100,7 +91,3 @@ class AccumulatingStep:
         self.apply().asnumpy()  # waits for the update
         return loss
 
-
-def accumulator_bytes(optimizer: nn.Optimizer) -> int:
-    """Memory the accumulators add: one float32 value per trainable parameter."""
-    return int(sum(np.prod(p.shape) for p in optimizer.parameters)) * 4

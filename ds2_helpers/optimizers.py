@@ -6,7 +6,10 @@ operations, checked against NumPy in tests/test_optimizers.py. Adam is MindSpore
 training always used; SGD is `nn.SGD` with momentum (`nn.Momentum` is marked deprecated in 2.x).
 
 Weight decay: `nn.Adam` and `nn.SGD` add `weight_decay * w` to the gradient (L2); LAMB adds it to the update
-before the trust ratio, as its paper does. All three skip BatchNorm's beta and gamma (nn.Optimizer's filter)."""
+before the trust ratio, as its paper does. All three skip BatchNorm's beta and gamma (nn.Optimizer's filter).
+
+`Update` is what every training step does with its gradients: average them over data-parallel workers, clip their
+global norm, apply the optimizer."""
 
 from __future__ import annotations
 
@@ -73,6 +76,22 @@ def build_optimizer(cfg: TrainConfig, params) -> nn.Optimizer:
         return nn.SGD(params, learning_rate=lr, momentum=float(cfg.momentum), weight_decay=cfg.weight_decay,
                       nesterov=bool(cfg.nesterov))
     raise ParameterError(f"optimizer {cfg.optimizer!r}: use one of {', '.join(OPTIMIZERS)}")
+
+
+class Update(nn.Cell):
+    """The end of every training step, fed the batch's gradients: all-reduce (data parallel), global-norm
+    clipping, the optimizer's update. train.TrainStep, micro_batch.AccumulatingStep and the step profile use it."""
+
+    def __init__(self, optimizer: nn.Optimizer, max_grad_norm: float, world: int = 1):
+        super().__init__(auto_prefix=False)
+        self.optimizer = optimizer
+        self.max_grad_norm = max_grad_norm
+        self.reducer = nn.DistributedGradReducer(optimizer.parameters, mean=True, degree=world) if world > 1 else None
+
+    def construct(self, grads):
+        if self.reducer is not None:
+            grads = self.reducer(grads)
+        return self.optimizer(ops.clip_by_global_norm(grads, self.max_grad_norm))
 
 
 def set_learning_rate(optimizer: nn.Optimizer, lr: float) -> None:

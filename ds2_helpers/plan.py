@@ -155,6 +155,11 @@ def make_plan(durations, fit: MemoryFit, *, memory_gb: float | None = None, batc
     }
 
 
+def accumulator_bytes(parameters: int) -> int:
+    """Memory gradient accumulation adds (micro_batch.AccumulatingStep): one float32 value per trainable parameter."""
+    return parameters * 4
+
+
 def micro_batch_that_fits(fit: MemoryFit, budget_gb: float, longest_padded: float, batch_size: int,
                           parameters: int) -> int:
     """Utterances per micro-batch (train --micro-batch) that keep fixed batches of `batch_size` within the
@@ -162,7 +167,7 @@ def micro_batch_that_fits(fit: MemoryFit, budget_gb: float, longest_padded: floa
     the weights) come on top of one micro-batch's step. 0: not even one utterance fits."""
     if longest_padded <= 0:
         return batch_size
-    room = budget_gb - parameters * 4 / 2**30
+    room = budget_gb - accumulator_bytes(parameters) / 2**30
     return int(min(batch_size, max(0, math.floor(fit.max_batch_seconds(room) / longest_padded))))
 
 

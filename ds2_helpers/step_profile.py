@@ -91,24 +91,14 @@ def _inputs(cfg: PartConfig, net):
 def _update_cell(net):
     """Clipping + the course's optimizer over every weight, fed gradients: the step's last part."""
     import mindspore as ms
-    from mindspore import nn, ops
 
     from ds2_helpers.config import train_preset
-    from ds2_helpers.optimizers import build_optimizer
+    from ds2_helpers.optimizers import Update, build_optimizer
 
     tcfg = train_preset("paper")
-    optimizer = build_optimizer(tcfg, net.trainable_params())
-
-    class Update(nn.Cell):
-        def __init__(self):
-            super().__init__(auto_prefix=False)
-            self.optimizer = optimizer
-
-        def construct(self, grads):
-            return self.optimizer(ops.clip_by_global_norm(grads, tcfg.max_grad_norm))
-
+    update = Update(build_optimizer(tcfg, net.trainable_params()), tcfg.max_grad_norm)
     grads = tuple(ms.Tensor(np.full(p.shape, 1e-3, np.float32)) for p in net.trainable_params())
-    return Update(), (grads,)
+    return update, (grads,)
 
 
 def run_part(cfg: PartConfig, *, steps: int = 2, warmup: int = 1) -> dict:

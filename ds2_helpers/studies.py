@@ -171,7 +171,8 @@ def hardware_projection(epoch_hours: float, floor_hours: float, cores: int, per_
 
     - more cores, best case: this machine's floor divided by the core ratio (the arithmetic divides perfectly);
     - more cores at a measured thread scaling: this machine's best epoch, each doubling of the cores giving the
-      speed-up `per_doubling` (notebook 07 takes it from the reference run's 1-thread row);
+      speed-up `per_doubling` (notebook 07 takes it from the reference run's 1-thread row; none where it is
+      below 1, since a run can use fewer threads than cores);
     - GPUs: the model zoo's published step time on 2 x V100 at batch 20 per device, times the steps of one
       epoch of `utterances` (its padding and utterance lengths are the zoo's own, not ours)."""
     import math
@@ -183,12 +184,15 @@ def hardware_projection(epoch_hours: float, floor_hours: float, cores: int, per_
     utterances = utterances or EPOCH_UTTERANCES
     rows = [{"hardware": f"this machine ({cores} cores)", "epoch_hours": epoch_hours,
              "rests_on": "measured in this notebook (best full-architecture configuration)"}]
+    # a run can always use fewer threads than cores: where more threads were slower, more cores gain nothing
+    gain = max(per_doubling, 1.0)
+    measured = (f"{per_doubling:.2f}x per doubling of the threads (the reference run's)" if per_doubling > 1 else
+                f"no gain: more threads ran {per_doubling:.2f}x as fast in the reference run")
     for n in core_counts:
         rows.append({"hardware": f"{n} cores, perfect scaling", "epoch_hours": floor_hours * cores / n,
                      "rests_on": "this machine's floor x cores / n: a bound, not an estimate"})
         rows.append({"hardware": f"{n} cores, scaling as measured", "epoch_hours":
-                     epoch_hours / per_doubling ** math.log2(n / cores),
-                     "rests_on": f"{per_doubling:.2f}x per doubling of the threads (the reference run's)"})
+                     epoch_hours / gain ** math.log2(n / cores), "rests_on": measured})
     steps = math.ceil(utterances / (ZOO_GPU["devices"] * ZOO_GPU["batch_per_device"]))
     rows.append({"hardware": f"{ZOO_GPU['devices']} x {ZOO_GPU['device']} (GPU)",
                  "epoch_hours": steps * ZOO_GPU["step_seconds"] / 3600,

@@ -13,12 +13,12 @@ import numpy as np
 from mindspore import nn, ops
 
 from ds2_helpers import checkpoint as ckpt
-from ds2_helpers.config import ModelConfig, SpectConfig, TrainConfig, to_dict
+from ds2_helpers.config import ModelConfig, ParameterError, SpectConfig, TrainConfig, to_dict
 from ds2_helpers.dataset import Batch, SpeechData, make_batches, padded_seconds, shard
 from ds2_helpers.labels import BLANK_INDEX
 from ds2_helpers.micro_batch import AccumulatingStep
 from ds2_helpers.model import DeepSpeech2, freeze
-from ds2_helpers.optimizers import build_optimizer, set_learning_rate
+from ds2_helpers.optimizers import Update, build_optimizer, set_learning_rate
 from ds2_helpers.schedules import annealed_lr as _annealed_lr, is_step_based, lr_at
 from ds2_helpers.train_log import EpochProgress, MetricsLog, metrics_row
 
@@ -69,23 +69,18 @@ class _Float32Out(nn.Cell):
 
 
 class TrainStep(nn.Cell):
-    """One optimisation step: loss and gradients, all-reduce (data parallel), global-norm clipping, the update."""
+    """One optimisation step: loss and gradients, then the `Update`."""
 
     def __init__(self, loss_net: CTCLossNet, optimizer: nn.Optimizer, max_grad_norm: float, world: int = 1):
         super().__init__(auto_prefix=False)
         self.loss_net = loss_net
-        self.optimizer = optimizer
         self.weights = optimizer.parameters
         self.grad_fn = ms.value_and_grad(loss_net, None, self.weights)
-        self.max_grad_norm = max_grad_norm
-        self.reducer = nn.DistributedGradReducer(self.weights, mean=True, degree=world) if world > 1 else None
+        self.update = Update(optimizer, max_grad_norm, world)
 
     def construct(self, x, x_len, y, y_len):
         loss, grads = self.grad_fn(x, x_len, y, y_len)
-        if self.reducer is not None:
-            grads = self.reducer(grads)
-        grads = ops.clip_by_global_norm(grads, self.max_grad_norm)
-        self.optimizer(grads)
+        self.update(grads)
         return loss
 
 
@@ -190,6 +185,11 @@ class Trainer:
         self.loss_net = (loss_cell or CTCLossNet)(self._with_amp(self.net, amp))  # loss_cell: e.g. distill
         self.optimizer = build_optimizer(train_cfg, self.net.trainable_params())
         dynamic = train_cfg.dynamic_shapes and train_cfg.mode.lower() == "graph"
+        if dynamic and model_cfg.rnn_type.upper() == "GRU":
+            raise ParameterError("rnn_type GRU in Graph mode: MindSpore 2.10's CPU GRU loops over the time steps in "
+                                 "Python, which one graph for every length cannot unroll ('Stack' of 0 inputs); use "
+                                 "TrainConfig(dynamic_shapes=False) (train --static-shapes: a graph per input "
+                                 "shape) or mode 'pynative'")
         if train_cfg.micro_batch:
             self.step_cell = AccumulatingStep(self.loss_net, self.optimizer, train_cfg.max_grad_norm,
                                               train_cfg.micro_batch, world,

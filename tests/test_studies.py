@@ -53,3 +53,6 @@ def test_hardware_projection_rows_rest_on_their_sources():
     assert rows["8 cores, scaling as measured"] == pytest.approx(40.0 / 1.5 ** 2)
     assert rows["2 x V100-32G (GPU)"] == pytest.approx(100 * 2.139 / 3600)      # 4000 / (2 x 20) = 100 steps
     assert table.rests_on.str.len().min() > 10  # every row says what it rests on
+    slower = studies.hardware_projection(40.0, 10.0, 2, per_doubling=0.9, core_counts=(4,), utterances=4000)
+    row = slower.set_index("hardware").loc["4 cores, scaling as measured"]
+    assert row.epoch_hours == 40.0 and "no gain" in row.rests_on  # more threads were slower: use fewer

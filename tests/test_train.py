@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from ds2_helpers.config import ModelConfig, TrainConfig
+from ds2_helpers.config import ModelConfig, ParameterError, TrainConfig
 from ds2_helpers.dataset import SpeechData, make_batches, shard
 from ds2_helpers.train import Trainer, annealed_lr
 
@@ -118,3 +118,14 @@ def test_mindspore_pipeline_yields_the_same_batches_with_workers(data):
         np.testing.assert_array_equal(x_len, ref.x_len)
         np.testing.assert_array_equal(y, ref.y)
         np.testing.assert_array_equal(y_len, ref.y_len)
+
+
+def test_gru_in_graph_mode_needs_static_shapes(tiny_corpus, tmp_path):
+    """One graph for every length cannot unroll MindSpore's Python loop over a GRU's time steps: refused with
+    the fix, and the fix (a graph per shape) trains."""
+    gru = ModelConfig(conv_channels=2, hidden_size=24, hidden_layers=1, rnn_type="GRU")
+    with pytest.raises(ParameterError, match="rnn_type GRU in Graph mode.*dynamic_shapes=False"):
+        Trainer(gru, tiny_cfg(mode="graph"), tmp_path / "a", rank=0, world=1)
+    trainer = Trainer(gru, tiny_cfg(mode="graph", dynamic_shapes=False), tmp_path / "b", rank=0, world=1)
+    batch = SpeechData(tiny_corpus / "train.csv").batch([0, 1])
+    assert np.isfinite(trainer.step(batch))
