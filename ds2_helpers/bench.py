@@ -49,7 +49,7 @@ class BenchConfig:
     hidden_size: int | None = None
     hidden_layers: int | None = None
     rnn_type: str | None = None
-    padding_fraction: float = 0.0   # extra padded frames, as a fraction of the batch (unsorted batches)
+    padding_fraction: float = 0.0   # extra padded frames per audio frame (unsorted batches); rows report the share
     recompute: tuple[str, ...] = ()  # Cell.recompute() on these parts: "conv" (the block), "rnn" (each layer)
     micro_batch: int | None = None  # TrainConfig.micro_batch: the batch run in micro-batches, one update
     device: str = "CPU"             # MindSpore's device: "GPU" or "Ascend" need MindSpore's wheel for them
@@ -235,8 +235,10 @@ class Suite:
         floor = max(rates.values())
         self.results = []
         for cfg, raw, seconds in measured:
-            res = project(raw, cfg, floor)
-            res.update(asdict(cfg), wall_seconds=seconds, matmul_gflops=floor, numpy_gflops=rates["numpy"],
+            # the configuration, then what was measured: a measured value (the batch's padding share, the oneDNN
+            # cap the child ran with) wins over the configuration field of the same name
+            res = {**asdict(cfg), **project(raw, cfg, floor)}
+            res.update(wall_seconds=seconds, matmul_gflops=floor, numpy_gflops=rates["numpy"],
                        mindspore_gflops=rates["mindspore"])
             self.results.append(res)
         base = self.results[0].get("audio_seconds_per_second")

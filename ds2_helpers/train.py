@@ -188,8 +188,8 @@ class Trainer:
         if dynamic and model_cfg.rnn_type.upper() == "GRU":
             raise ParameterError("rnn_type GRU in Graph mode: MindSpore 2.10's CPU GRU loops over the time steps in "
                                  "Python, which one graph for every length cannot unroll ('Stack' of 0 inputs); use "
-                                 "TrainConfig(dynamic_shapes=False) (train --static-shapes: a graph per input "
-                                 "shape) or mode 'pynative'")
+                                 "mode 'pynative', or for short inputs only TrainConfig(dynamic_shapes=False) "
+                                 "(a graph per input shape: at 12.7 s it exceeded MindSpore's call depth)")
         if train_cfg.micro_batch:
             self.step_cell = AccumulatingStep(self.loss_net, self.optimizer, train_cfg.max_grad_norm,
                                               train_cfg.micro_batch, world,

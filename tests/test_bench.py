@@ -1,6 +1,7 @@
 """The step harness measures real steps in child processes and projects epochs from them."""
 
 import json
+import os
 import sys
 
 import pytest
@@ -53,13 +54,16 @@ def test_suite_measures_side_by_side_and_writes_results(tmp_path):
     assert results[0]["speedup"] == pytest.approx(1.0)
     assert results[1]["audio_seconds_per_second"] > 0 and results[1]["epoch_hours"] > 0
     assert results[1]["peak_rss_mb"] > 100 and 0 < results[1]["percent_of_floor"] < 100
+    # what the child measured, not the configuration's field of the same name: the cap it ran with, the padding
+    assert results[1]["onednn_isa"] == os.environ["ONEDNN_MAX_CPU_ISA"]  # set by import ds2_helpers
+    assert results[0]["padding_fraction"] == pytest.approx(1 - 101 / 200)  # 1 s (101 frames) padded to 200
     assert "error" in results[2] and "ReverseSequence" in results[2]["error"]  # README: refused (ReverseSequence)
     assert bench.recommendations(results).columns.tolist() == bench.results_table(results).columns.tolist()
     assert bench.results_table(results).matmul_gflops.iloc[0] > 0  # notebook 07 prints it beside a share above 100%
     files = bench.write_results(results, tmp_path)
     payload = json.loads(files["json"].read_text())
     assert payload["machine"]["cores"] >= 1 and len(payload["results"]) == 3
-    assert files["png"].stat().st_size > 1000 and files["csv"].read_text().startswith("step_seconds")
+    assert files["png"].stat().st_size > 1000 and files["csv"].read_text().startswith("name,")  # configuration first, then measurements
 
 
 def test_frozen_layers_count_forward_only_flops():
@@ -87,7 +91,10 @@ def test_demo_takes_the_largest_batch_whose_reference_memory_fits():
 
     ref = {"results": [{"preset": "paper", "kind": "step", "batch_size": b, "fixed_frames": None, "peak_rss_mb": gb * 1024}
                        for b, gb in ((1, 5.5), (4, 8.8), (8, 12.0), (16, 17.7))]
-           + [{"preset": "paper", "kind": "baseline", "batch_size": 1, "fixed_frames": 1250, "peak_rss_mb": 1.0}]}
+           + [{"preset": "paper", "kind": "baseline", "batch_size": 1, "fixed_frames": 1250, "peak_rss_mb": 1.0},
+              # batch 16 in micro-batches: less memory, but not what batch 16 at once needs
+              {"preset": "paper", "kind": "step", "batch_size": 16, "micro_batch": 4, "fixed_frames": None,
+               "peak_rss_mb": 9.0 * 1024}]}
     assert largest_fitting_batch(ref, memory_gb=24.0) == 16   # 17.7 GB <= 24 x 0.85
     assert largest_fitting_batch(ref, memory_gb=16.0) == 8    # 12.0 <= 13.6 < 17.7
     assert largest_fitting_batch(ref, memory_gb=8.0) == 1     # only batch 1's 5.5 GB fits 6.8

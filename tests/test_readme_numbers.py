@@ -87,13 +87,13 @@ B4 = "combined: graph, batch 4, sorted, Conv2d"
     ("reaches {}% of the floor", lambda: REF["batch 16"]["percent_of_floor"]),
     ("but only {}x the course's configuration", lambda: REF[COURSE]["epoch_hours"] / REF["batch 16"]["epoch_hours"]),
     ("already at {}% of the floor", lambda: REF[COURSE]["percent_of_floor"]),
-    ("can be more than {}x faster here", lambda: 100 / REF[COURSE]["percent_of_floor"]),
+    ("could be more than {}x faster here", lambda: 100 / REF[COURSE]["percent_of_floor"]),
     ("Batch 16 needs {} GB at once", lambda: REF["batch 16"]["peak_rss_mb"] / 1024),
     ("in micro-batches of 4 the same update took {}x the time",
      lambda: REF["batch 16 in micro-batches of 4"]["step_seconds"] / REF["batch 16"]["step_seconds"]),
-    ("the time and {} GB (\"The same", lambda: REF["batch 16 in micro-batches of 4"]["peak_rss_mb"] / 1024),
+    ("the time and {} GB in this run", lambda: REF["batch 16 in micro-batches of 4"]["peak_rss_mb"] / 1024),
     ("({} s against", lambda: REF["1 thread"]["step_seconds"]),
-    ("against {} s per step)", lambda: REF[B4]["step_seconds"]),
+    ("against {} s per step,", lambda: REF[B4]["step_seconds"]),
 ])
 def test_the_paragraphs_quote_the_reference(phrase, value):
     assert_quoted(phrase, value())
@@ -101,8 +101,8 @@ def test_the_paragraphs_quote_the_reference(phrase, value):
 
 def test_the_paragraphs_words_agree_with_the_reference():
     text = " ".join(repo_path("README.md").read_text().split())
-    assert ("one thread at batch 4 was faster than two" in text) == (REF["1 thread"]["step_seconds"]
-                                                                     < REF[B4]["step_seconds"])
+    assert ("one thread at batch 4 was no slower than two" in text) == (REF["1 thread"]["step_seconds"]
+                                                                        <= REF[B4]["step_seconds"])
     assert "reaches" in text and REF["batch 16"]["percent_of_floor"] > REF[B4]["percent_of_floor"]  # "the best"
 
 
