@@ -85,7 +85,7 @@ B4 = "combined: graph, batch 4, sorted, Conv2d"
     ("MindSpore's, ran at {} GFLOP/s on that host", lambda: REF[COURSE]["matmul_gflops"]),
     ("so the floor is {} h per epoch", lambda: REF[COURSE]["floor_epoch_hours"]),
     ("reaches {}% of the floor", lambda: REF["batch 16"]["percent_of_floor"]),
-    ("but only {}x the course's configuration", lambda: REF[COURSE]["epoch_hours"] / REF["batch 16"]["epoch_hours"]),
+    ("floor, {}x the course's configuration", lambda: REF[COURSE]["epoch_hours"] / REF["batch 16"]["epoch_hours"]),
     ("already at {}% of the floor", lambda: REF[COURSE]["percent_of_floor"]),
     ("could be more than {}x faster here", lambda: 100 / REF[COURSE]["percent_of_floor"]),
     ("Batch 16 needs {} GB at once", lambda: REF["batch 16"]["peak_rss_mb"] / 1024),
