@@ -87,6 +87,11 @@ class ModelConfig:
         if self.conv not in ("native", "matmul"):
             raise ParameterError(f"conv {self.conv!r}: use 'native' (nn.Conv2d) or 'matmul'")
 
+    @property
+    def rnn_gates(self) -> int:
+        """Gate blocks per RNN layer: 4 for an LSTM (i, f, g, o), 3 for a GRU; W_ih and W_hh stack that many."""
+        return 4 if self.rnn_type.upper() == "LSTM" else 3
+
 
 AUGMENT_KINDS = ("speed", "gain", "noise", "specaugment")
 """What `train --augment` can switch on (each with the parameters of `AugmentConfig.of`)."""

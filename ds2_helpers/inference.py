@@ -65,7 +65,7 @@ def forward_flops_per_audio_second(cfg) -> float:
 def recurrent_bytes_per_audio_second(cfg, batch: int = 1) -> float:
     """Bytes of W_hh read per second of audio: every output frame (both directions, every layer) reads the
     whole recurrent matrix once for the `batch` utterances it steps together."""
-    gates = 4 if cfg.rnn_type.upper() == "LSTM" else 3
+    gates = cfg.rnn_gates
     frames = float(output_lengths(100))  # output frames per audio second (100 input frames)
     return cfg.hidden_layers * 2 * gates * cfg.hidden_size * cfg.hidden_size * 4 * frames / batch
 
@@ -79,11 +79,12 @@ def weight_read_gbytes(cfg, repeats: int = 200, frames: int = 200) -> dict[str, 
     import mindspore as ms
     from mindspore import nn, ops
 
-    gates = 4 if cfg.rnn_type.upper() == "LSTM" else 3
+    gates = cfg.rnn_gates
     rng = np.random.default_rng(0)
     w = rng.standard_normal((gates * cfg.hidden_size, cfg.hidden_size)).astype(np.float32)
     v = rng.standard_normal(cfg.hidden_size).astype(np.float32)
     w_ms, v_ms = ms.Tensor(np.ascontiguousarray(w.T)), ms.Tensor(v[None])
+
     class Recurrence(nn.Cell):
         def __init__(self):
             super().__init__()

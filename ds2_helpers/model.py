@@ -360,7 +360,7 @@ def architecture_table(cfg: ModelConfig, frames_per_second: int = 100):
         ("conv1 41x11 /(2,2) + BN + tanh", f"{c} x {f1} x {t1}", c * k1 + 2 * c, 2.0 * c * k1 * f1 * t1),
         ("conv2 21x11 /(2,1) + BN + tanh", f"{c} x {f2} x {t1}", c * c * k2 + 2 * c, 2.0 * c * c * k2 * f2 * t1),
     ]
-    gates = 4 if cfg.rnn_type.upper() == "LSTM" else 3
+    gates = cfg.rnn_gates
     size = rnn_input_size(cfg)
     for layer in range(cfg.hidden_layers):
         h = cfg.hidden_size

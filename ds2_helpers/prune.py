@@ -100,10 +100,6 @@ class MaskKeeper:
 
 
 # ---- structured pruning ----------------------------------------------------------------------------------
-def _gates(cfg: ModelConfig) -> int:
-    return 4 if cfg.rnn_type.upper() == "LSTM" else 3
-
-
 def _layer(layer: int, kind: str, direction: str) -> str:
     return f"RNN.lstms.{layer}.{kind}_{direction}"
 
@@ -119,7 +115,7 @@ def _outgoing(cfg: ModelConfig, layer: int) -> list[tuple[str, int]]:
 def _incoming_rows(cfg: ModelConfig, units: np.ndarray) -> np.ndarray:
     """Rows of a [G*H, ...] gate matrix that belong to `units` (the same unit in every gate block)."""
     h = cfg.hidden_size
-    return np.concatenate([g * h + np.asarray(units, dtype=np.int64) for g in range(_gates(cfg))])
+    return np.concatenate([g * h + np.asarray(units, dtype=np.int64) for g in range(cfg.rnn_gates)])
 
 
 def unit_norms(arrays: dict[str, np.ndarray], cfg: ModelConfig, layer: int) -> np.ndarray:
@@ -131,7 +127,7 @@ def unit_norms(arrays: dict[str, np.ndarray], cfg: ModelConfig, layer: int) -> n
     for d in DIRECTIONS:
         for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
             w = np.asarray(arrays[_layer(layer, kind, d)], dtype=np.float64)
-            total += (w.reshape(_gates(cfg), h, -1) ** 2).sum(axis=(0, 2))
+            total += (w.reshape(cfg.rnn_gates, h, -1) ** 2).sum(axis=(0, 2))
     for name, axis in _outgoing(cfg, layer):
         total += (np.asarray(arrays[name], dtype=np.float64) ** 2).sum(axis=1 - axis)
     return np.sqrt(total)
