@@ -74,14 +74,18 @@ def test_weight_read_rates_are_measured_three_ways():
 
 
 def test_inference_harness_rows_and_chart(tmp_path):
-    """One quick row in its own process, then the table, files and chart from it."""
-    cfg = inference_bench.InferenceConfig("mini: batch 1, graph", "mini", "graph", seconds=1.0, utterances=2)
+    """One quick row in its own process (the MindIR, timed beside the checkpoint's compiled network), then the
+    table, files and chart from it."""
+    cfg = inference_bench.InferenceConfig("mini: batch 1, MindIR", "mini", "mindir", seconds=1.0, utterances=2)
     result = inference_bench.run_isolated(cfg, timeout=600)
     assert "error" not in result, result
     assert result["audio_seconds"] == pytest.approx(2 * 1.01) and result["batches"] == 2 and result["rtf"] > 0
-    rates = {"sgemm_gflops": 100.0, "read_gbps": {"mini": 50.0}}
+    # the two networks ran the same utterances in one process: a ratio, not a missed factor or a zero
+    assert result["checkpoint_rtf"] > 0 and 0.1 < result["time_vs_checkpoint"] < 10, result
+    rates = {"sgemm_gflops": 100.0, "mindspore_gflops": 50.0, "read_gbps": {"mini": 50.0}}
     row = inference_bench.with_bounds(result, cfg, rates)
     assert row["percent_of_bound"] == pytest.approx(100 * row["bound_rtf"] / row["rtf"])
+    assert row["percent_of_mindspore_floor"] == pytest.approx(2 * row["percent_of_flop_floor"])  # half the rate
     failed = inference_bench.with_bounds({"error": "killed"}, cfg, rates)
     run = {"machine": {}, "rates": rates, "results": [row, failed]}
     paths = inference_bench.write(run, tmp_path)
@@ -91,6 +95,15 @@ def test_inference_harness_rows_and_chart(tmp_path):
 
     ax = inference_chart(run).axes[0]
     assert len(ax.patches) == 1  # one bar: the failed row has none
+
+
+def test_evaluate_rows_warm_the_largest_batch_untimed():
+    """Batched rows pay the memory pool's growth before timing (reported apart), then time every batch."""
+    cfg = inference_bench.InferenceConfig("mini: evaluate", "mini", "graph", batch_seconds=20.0, utterances=4)
+    result = inference_bench.run_isolated(cfg, timeout=600)
+    assert "error" not in result, result
+    assert result["warm_seconds"] > 0 and result["batches"] == len(inference_bench._batches(cfg))
+    assert result["audio_seconds"] == pytest.approx(sum(f.sum() for f in inference_bench._batches(cfg)) / 100)
 
 
 def test_evaluate_batches_are_test_clean_like():
