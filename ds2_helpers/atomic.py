@@ -69,15 +69,18 @@ def atomic_savefig(fig, path: str | Path, *, close: bool = True, **kwargs) -> Pa
     return path
 
 
-def write_report(out: str | Path, stem: str, record: dict, frame, fig, **savefig) -> dict[str, Path]:
+def write_report(out: str | Path, stem: str, record: dict, frame, fig, *, png: str | None = None, indent: int = 1,
+                 **savefig) -> dict[str, Path]:
     """A measurement's three files in `out`, each written atomically: STEM.json (`record`), STEM.csv (`frame`, a
-    pandas table) and STEM.png (`fig`, closed after; `savefig` goes to `atomic_savefig`). Returns their paths."""
+    pandas table) and STEM.png or `png` (`fig`, closed after; `savefig` goes to `atomic_savefig`). Returns their
+    paths."""
     import json
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     files = {kind: out / f"{stem}.{kind}" for kind in ("json", "csv", "png")}
-    atomic_write_text(files["json"], json.dumps(record, indent=1))
+    files["png"] = out / (png or files["png"].name)
+    atomic_write_text(files["json"], json.dumps(record, indent=indent))
     atomic_write_text(files["csv"], frame.to_csv(index=False))
     atomic_savefig(fig, files["png"], **savefig)
     return files

@@ -269,16 +269,12 @@ def write_results(results: list[dict], out: str | Path) -> dict[str, Path]:
     matplotlib.use("Agg")
     import pandas as pd
 
-    from ds2_helpers.atomic import atomic_savefig, atomic_write_text
+    from ds2_helpers.atomic import write_report
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     payload = {"machine": machine(), "measured": time.strftime("%Y-%m-%d %H:%M"), "results": results}
-    atomic_write_text(out / "results.json", json.dumps(payload, indent=2))
     frame = pd.DataFrame(results)
-    atomic_write_text(out / "results.csv", frame.drop(columns=["step_seconds_all"], errors="ignore").to_csv(index=False))
-    atomic_savefig(charts.epoch_chart(frame), out / "epoch_hours.png", dpi=100, bbox_inches="tight")
-    return {"json": out / "results.json", "csv": out / "results.csv", "png": out / "epoch_hours.png"}
+    return write_report(out, "results", payload, frame.drop(columns=["step_seconds_all"], errors="ignore"),
+                        charts.epoch_chart(frame), png="epoch_hours.png", indent=2, dpi=100, bbox_inches="tight")
 
 
 def results_table(results: list[dict]):

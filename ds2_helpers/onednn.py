@@ -115,9 +115,11 @@ def summary(result: dict) -> str:
                          f"({free['step_seconds'] / capped['step_seconds']:.0f}x)")
     slow = [p for p in result["primitives"] if p["isa"] == "ALL" and p["primitive"] == "convolution"]
     worst = max(slow, key=lambda p: p["milliseconds"]) if slow else None
-    cost = [f"{preset} {100 * (steps[(preset, 'matmul', DEFAULT)]['step_seconds'] / steps[(preset, 'matmul', 'ALL')]['step_seconds'] - 1):.0f}%"
-            for preset in dict.fromkeys(r["preset"] for r in result["steps"])
-            if (preset, "matmul", DEFAULT) in steps and (preset, "matmul", "ALL") in steps]
+    cost = []
+    for preset in dict.fromkeys(r["preset"] for r in result["steps"]):
+        if (preset, "matmul", DEFAULT) in steps and (preset, "matmul", "ALL") in steps:
+            change = steps[(preset, "matmul", DEFAULT)]["step_seconds"] / steps[(preset, "matmul", "ALL")]["step_seconds"]
+            cost.append(f"{preset} {100 * abs(change - 1):.0f}% {'slower' if change > 1 else 'faster'}")
     text = (f"Graph-mode training steps with MindSpore's Conv2d on a {result['machine']['cores']}-core "
             f"{result['machine']['cpu']} host ({'with' if result.get('avx512') else 'without'} AVX-512): "
             + "; ".join(parts) + ".")
@@ -125,5 +127,5 @@ def summary(result: dict) -> str:
         text += (f" Uncapped, oneDNN ran the convolutions' {worst['pass'].replace('_', ' ')} pass with "
                  f"`{worst['implementation']}` ({worst['milliseconds'] / 1000:.1f} s of one PyNative mini step).")
     if cost:
-        text += f" The cap slows our matrix-product convolution's steps ({', '.join(cost)})."
+        text += f" Capped, our matrix-product convolution's steps run {', '.join(cost)}."
     return text

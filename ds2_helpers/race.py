@@ -61,6 +61,11 @@ class RaceConfig:
         return loss_cell(self.distill_from, self.distill_alpha, self.distill_temperature)
 
 
+def configs_of(record: dict) -> list[RaceConfig]:
+    """The contestants a race record names (race.json, or a reference's "race" part): its "configs" as RaceConfig."""
+    return [RaceConfig(**c) for c in record["configs"]]
+
+
 def contestants(train_utterances: int) -> list[RaceConfig]:
     """The mini model, two smaller ones and the mini model on half of the data."""
     return [RaceConfig("mini: 2 x BiLSTM-192, all data"),

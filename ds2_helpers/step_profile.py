@@ -230,6 +230,34 @@ def run(preset: str = "paper", batch_sizes: tuple[int, ...] = (1, 16), seconds: 
             "rows": rows}
 
 
+def lstm_reserve_floats_per_frame(input_size: int, hidden_size: int) -> float:
+    """Floats MindSpore's CPU LSTM kernel (oneDNN's) keeps for the backward pass per frame of one direction: the
+    growth of its `reserve` output (the 4th) from 16 to 48 frames of one utterance with these sizes (the reserve
+    is allocated in blocks of 1,024 floats, so a short difference could read as none)."""
+    import mindspore as ms
+    from mindspore import ops
+
+    sizes = []
+    for t in (16, 48):
+        x = ms.Tensor(np.zeros((t, 1, input_size), np.float32))
+        h0 = ms.Tensor(np.zeros((1, 1, hidden_size), np.float32))
+        w = ms.Tensor(np.zeros((4 * hidden_size * (input_size + hidden_size + 1), 1, 1), np.float32))
+        sizes.append(ops.LSTM(input_size, hidden_size, 1, True, False, 0.0)(x, h0, h0, w)[3].shape[0])
+    return (sizes[1] - sizes[0]) / 32
+
+
+def rnn_reserve_bytes(cfg, frames: int, batch: int) -> float:
+    """Bytes the RNN stack's LSTM kernels keep for backward in one step on `batch` utterances of `frames` RNN
+    frames: every layer's measured reserve per frame (`lstm_reserve_floats_per_frame`), both directions."""
+    from ds2_helpers.model import rnn_input_size
+
+    if cfg.rnn_gates != 4:
+        raise ValueError(f"rnn_type {cfg.rnn_type!r}: the reserve is measured for MindSpore's LSTM kernel only")
+    sizes = [rnn_input_size(cfg)] + [cfg.hidden_size] * (cfg.hidden_layers - 1)
+    per_frame = {size: lstm_reserve_floats_per_frame(size, cfg.hidden_size) for size in set(sizes)}
+    return float(sum(per_frame[size] for size in sizes) * 2 * 4 * frames * batch)
+
+
 def whole_step_name(recompute: tuple[str, ...] = (), micro_batch: int | None = None) -> str:
     """The row name of a whole step: plain (WHOLE_STEP), with recomputation, or in micro-batches."""
     return (WHOLE_STEP + "".join(f", recompute {RECOMPUTED[p]}" for p in recompute)

@@ -134,7 +134,7 @@ def recipes():
     load = lambda name: json.loads(repo_path("data", name).read_text())  # noqa: E731
     opt, aug = load("optimizer_reference_2core.json"), load("augment_reference_2core.json")
     prn, dst = load("prune_reference_2core.json"), load("distill_reference_2core.json")
-    configs = [race.RaceConfig(**c) for c in opt["race"]["configs"]]
+    configs = race.configs_of(opt["race"])
     table = race.optimizer_table(opt["race"]["curve"], configs, targets=(0.4, 0.2)).set_index("name")
     rows = pd.DataFrame(prn["rows"])
     return {"opt": opt, "aug": race.final_scores(aug["curve"]), "aug_seconds": aug["seconds"], "table": table,
