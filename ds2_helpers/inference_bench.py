@@ -3,8 +3,8 @@
 Configurations (each in its own process, like the training harness `bench`): batch 1 in Graph mode (what
 `transcribe` runs), batch 1 op by op (PyNative), the exported MindIR (batch 1, any length; timed utterance by
 utterance beside the checkpoint's compiled network in the same process, so `time_vs_checkpoint` is a ratio that
-minute-to-minute drift of a shared host cannot fake - separate processes differed by 15% either way), and `evaluate`'s
-batches (length-sorted, up to `batch_seconds` of padded audio each) over utterance lengths drawn like
+minute-to-minute drift of a shared host cannot fake - separate processes differed by 15% either way), and
+`evaluate`'s batches (length-sorted, up to `batch_seconds` of padded audio each) over utterance lengths drawn like
 test-clean's (1-35 s). The network's time only: spectrograms are random (features cost the same in every
 configuration, `studies.feature_seconds_per_audio_second` measures them) and greedy decoding is included.
 Evaluate's rows run their largest batch once before timing (`warm_seconds`): the first batch of a process pays
@@ -216,7 +216,8 @@ def table(run: dict):
 
     frame = pd.DataFrame(run["results"])
     cols = [c for c in ["name", "rtf", "flop_rtf", "memory_rtf", "bound", "percent_of_bound",
-                        "percent_of_flop_floor", "percent_of_mindspore_floor", "time_vs_checkpoint", "mean_batch", "compile_seconds", "peak_rss_mb", "error"]
+                        "percent_of_flop_floor", "percent_of_mindspore_floor", "time_vs_checkpoint", "mean_batch",
+                        "compile_seconds", "peak_rss_mb", "error"]
             if c in frame]
     return frame[cols]
 

@@ -48,7 +48,7 @@ def test_each_part_runs_alone_and_backward_costs_more(tmp_path):
     for backward in (False, True):
         cfg = step_profile.PartConfig("RNN stack", "mini", 2, 2.0, backward=backward)
         rows.append({**cfg.__dict__, "name": cfg.name, "gflop": step_profile.part_gflop(cfg),
-                     **step_profile.run_isolated(cfg, steps=2)})
+                     **step_profile.run_isolated(cfg, steps=5)})
     update = step_profile.PartConfig("clip + optimizer update", "mini", 2, 2.0)
     rows.append({**update.__dict__, "name": update.name, "gflop": 0.0, **step_profile.run_isolated(update, steps=1)})
     assert all("error" not in r for r in rows), rows
