@@ -263,3 +263,26 @@ def _ratio(m):
 ])
 def test_the_micro_batch_sentence_quotes_its_reference(phrase, values):
     assert_quoted(phrase, *values())
+
+
+EXPAND = json.loads(repo_path("data", "expand_reference_2core.json").read_text())
+
+
+def expand_row(done, key):
+    """A value of the batch-16 whole step before (`done` False) or after `model.expand`."""
+    return next(r[key] for r in EXPAND["rows"] if r["batch"] == 16 and r["model_expand"] == done)
+
+
+def test_the_findings_since_the_profile_quote_their_measurements():
+    from ds2_helpers import step_profile
+    from ds2_helpers.config import model_preset
+    from ds2_helpers.model import output_lengths
+
+    paper = model_preset("paper")
+    assert_quoted("keeps a workspace of {} H floats per frame",
+                  step_profile.lstm_reserve_floats_per_frame(paper.hidden_size, paper.hidden_size) / paper.hidden_size)
+    assert_quoted("{} GB of the RNN stack's memory at batch 16",
+                  step_profile.rnn_reserve_bytes(paper, int(output_lengths(1271)), 16) / 2**30)
+    assert_quoted("at batch 16 went from {} to {} GB at the same speed ({} and {} s per step",
+                  expand_row(False, "peak_gb"), expand_row(True, "peak_gb"),
+                  expand_row(False, "step_seconds"), expand_row(True, "step_seconds"))
