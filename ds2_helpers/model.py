@@ -223,9 +223,8 @@ class MaskConv(nn.Cell):
         if self.impl == "native":
             x = self._conv1_widened(x) if self.widen_conv1 and not self.training else self.conv1(x)
             mask = _time_mask(lengths, x.shape[3], x.dtype)  # both convolutions keep the output length
-            x = self.tanh(self.bn1(x, mask)) * ops.stop_gradient(expand(mask, x))
-            x = self.conv2(x)
-            x = self.tanh(self.bn2(x, mask)) * ops.stop_gradient(expand(mask, x))
+            x = masked(self.tanh(self.bn1(x, mask)), mask)
+            x = masked(self.tanh(self.bn2(self.conv2(x), mask)), mask)
             n, c, f, t = x.shape
             return x.reshape(n, c * f, t).transpose(2, 0, 1)
         n = x.shape[0]
@@ -248,8 +247,7 @@ class MaskConv(nn.Cell):
         Viewed as [N, T, F, C] (channels last), the statistics are per channel without a transpose."""
         n, t, fc = y.shape
         mask = _time_mask(lengths, t, y.dtype).reshape(n, t, 1, 1)
-        y = self.tanh(bn(y.reshape(n, t, -1, self.channels), mask))
-        y = y * ops.stop_gradient(expand(mask, y))
+        y = masked(self.tanh(bn(y.reshape(n, t, -1, self.channels), mask)), mask)
         return y.reshape(n, t, fc)
 
 
@@ -265,9 +263,14 @@ def expand(small, like):
     Multiplying a full activation by a smaller tensor lets the operation broadcast, and on MindSpore 2.10's CPU
     backend the backward pass of such a Mul raised the peak by about 7.6 activation-sized buffers, against 1.9 with
     the operand broadcast first (measured on a [16, 32, 81, 636] tensor). In the convolution block, training
-    at batch 16 x 12.7 s, that took its forward + backward from 6.1 to 2.9 GB. Masks expanded this way go through
-    `ops.stop_gradient`: no gradient flows into them."""
+    at batch 16 x 12.7 s, that took its forward + backward from 6.1 to 2.9 GB."""
     return ops.broadcast_to(small, like.shape)
+
+
+def masked(x, mask):
+    """x with the frames past each utterance's length set to 0: `mask` expanded to x's shape (`expand`), and no
+    gradient flows into it."""
+    return x * ops.stop_gradient(expand(mask, x))
 
 
 class BatchRNN(nn.Cell):
@@ -327,7 +330,7 @@ class DeepSpeech2(nn.Cell):
 
     def construct(self, x, lengths):
         out_lengths = self.output_lengths(lengths)
-        x = x * ops.stop_gradient(expand(_time_mask(lengths, x.shape[3], x.dtype), x))  # padding reads as zeros
+        x = masked(x, _time_mask(lengths, x.shape[3], x.dtype))  # whatever sits in the padding, it reads as zeros
         x = self.conv(x, out_lengths)
         x = self.RNN(x, out_lengths)
         return self.fc(x), out_lengths

@@ -230,20 +230,23 @@ def run(preset: str = "paper", batch_sizes: tuple[int, ...] = (1, 16), seconds: 
             "rows": rows}
 
 
-def lstm_reserve_floats_per_frame(input_size: int, hidden_size: int) -> float:
-    """Floats MindSpore's CPU LSTM kernel (oneDNN's) keeps for the backward pass per frame of one direction: the
-    growth of its `reserve` output (the 4th) from 16 to 48 frames of one utterance with these sizes (the reserve
-    is allocated in blocks of 1,024 floats, so a short difference could read as none)."""
+def lstm_reserve_floats(input_size: int, hidden_size: int, frames: int, batch: int = 1) -> int:
+    """Size (floats) of the `reserve` output (the 4th) of MindSpore's CPU LSTM kernel (oneDNN's): the workspace
+    its backward pass reads, for one direction over `batch` utterances of `frames` frames."""
     import mindspore as ms
     from mindspore import ops
 
-    sizes = []
-    for t in (16, 48):
-        x = ms.Tensor(np.zeros((t, 1, input_size), np.float32))
-        h0 = ms.Tensor(np.zeros((1, 1, hidden_size), np.float32))
-        w = ms.Tensor(np.zeros((4 * hidden_size * (input_size + hidden_size + 1), 1, 1), np.float32))
-        sizes.append(ops.LSTM(input_size, hidden_size, 1, True, False, 0.0)(x, h0, h0, w)[3].shape[0])
-    return (sizes[1] - sizes[0]) / 32
+    x = ms.Tensor(np.zeros((frames, batch, input_size), np.float32))
+    h0 = ms.Tensor(np.zeros((1, batch, hidden_size), np.float32))
+    w = ms.Tensor(np.zeros((4 * hidden_size * (input_size + hidden_size + 1), 1, 1), np.float32))  # W_ih, W_hh, bias
+    return int(ops.LSTM(input_size, hidden_size, 1, True, False, 0.0)(x, h0, h0, w)[3].shape[0])
+
+
+def lstm_reserve_floats_per_frame(input_size: int, hidden_size: int) -> float:
+    """Floats MindSpore's CPU LSTM kernel keeps for the backward pass per frame of one direction: the growth of
+    its reserve (`lstm_reserve_floats`) from 16 to 48 frames of one utterance with these sizes (the reserve is
+    allocated in blocks of 1,024 floats, so a short difference could read as none)."""
+    return (lstm_reserve_floats(input_size, hidden_size, 48) - lstm_reserve_floats(input_size, hidden_size, 16)) / 32
 
 
 def rnn_reserve_bytes(cfg, frames: int, batch: int) -> float:
