@@ -21,3 +21,18 @@ def tiny_corpus(tmp_path_factory) -> Path:
     for split in SPLITS:
         build_manifest(root, split, root / f"{split}.csv", strict=True)
     return root
+
+
+def fresh_process_json(tmp_path: Path, source: str, *args: str) -> dict:
+    """Run `source` as a script in a fresh Python process (a file: Graph mode reads a Cell's source) with `args`;
+    return the JSON object on its last line of output. Memory tests use it so that one measurement's peak and
+    MindSpore's memory pool never leak into another's."""
+    import json
+    import subprocess
+    import sys
+
+    script = tmp_path / "fresh_process.py"
+    script.write_text(source)
+    out = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=600,
+                         check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])

@@ -4,6 +4,7 @@ import pytest
 from mindspore import nn
 
 from ds2_helpers.config import ModelConfig, model_preset
+from conftest import fresh_process_json
 from ds2_helpers.model import DeepSpeech2, MaskedBatchNorm, count_parameters, output_lengths, rnn_input_size
 
 ms.set_context(mode=ms.PYNATIVE_MODE)
@@ -246,18 +247,6 @@ print(json.dumps({"gb": peak_gb() - built}))
 def test_expanded_operands_keep_the_convolution_blocks_backward_small(tmp_path):
     """Masks and BatchNorm statistics broadcast first (`model.expand`): the paper-width convolution block's forward +
     backward peaks well below the same block whose operations broadcast them (1.29 against 1.78 GB measured).
-    Each in a fresh process (a file: Graph mode reads the Cell's source)."""
-    import json
-    import subprocess
-    import sys
-
-    script = tmp_path / "conv_block_memory.py"
-    script.write_text(_CONV_BLOCK_MEMORY)
-
-    def peak(how):
-        out = subprocess.run([sys.executable, str(script), how], capture_output=True, text=True,
-                             timeout=600, check=True).stdout
-        return json.loads(out.strip().splitlines()[-1])["gb"]
-
-    expanded, broadcast = peak("expand"), peak("broadcast")
+    Each in a fresh process."""
+    expanded, broadcast = (fresh_process_json(tmp_path, _CONV_BLOCK_MEMORY, how)["gb"] for how in ("expand", "broadcast"))
     assert expanded < 0.85 * broadcast, (expanded, broadcast)

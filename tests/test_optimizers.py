@@ -242,3 +242,51 @@ def test_resume_with_another_optimizer_keeps_weights_and_is_named_by_the_identit
     old = {k: v for k, v in second.resumed_meta["train"].items() if k not in run_folder.UPDATE_KEYS}
     assert not run_folder.differences(run_folder.identity({}, old, {}, {}),  # a checkpoint from before the fields
                                       run_folder.identity({}, to_dict(cfg()), {}, {}))
+
+
+# ---- clipping the global norm ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("max_norm", [0.5, 100.0])
+def test_clip_by_global_norm_equals_mindspores(max_norm):
+    import mindspore as ms
+    from mindspore import ops
+
+    from ds2_helpers.optimizers import clip_by_global_norm
+
+    rng = np.random.default_rng(0)
+    grads = tuple(ms.Tensor(rng.standard_normal(shape).astype(np.float32)) for shape in ((3, 4), (5,), (2, 3, 2)))
+    norm = math.sqrt(sum(float((g.asnumpy() ** 2).sum()) for g in grads))
+    ours, theirs = clip_by_global_norm(grads, max_norm), ops.clip_by_global_norm(grads, max_norm)
+    for g, a, b in zip(grads, ours, theirs):
+        np.testing.assert_allclose(a.asnumpy(), b.asnumpy(), rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(a.asnumpy(), g.asnumpy() * max_norm / max(norm, max_norm), rtol=1e-6)
+
+
+_CLIP_MEMORY = """
+import json, sys
+import numpy as np
+import mindspore as ms
+from mindspore import nn, ops
+from ds2_helpers import optimizers
+from ds2_helpers.train import peak_gb, reset_peak, resident_gb
+ms.set_context(mode=ms.GRAPH_MODE)
+if sys.argv[1] == "mindspore":
+    optimizers.clip_by_global_norm = lambda grads, max_norm, hyper_map=None: ops.clip_by_global_norm(grads, max_norm)
+rng = np.random.default_rng(0)
+params = [ms.Parameter(ms.Tensor(rng.standard_normal((2048, 4096)).astype(np.float32)), name=f"w{i}") for i in range(4)]
+update = optimizers.Update(nn.SGD(params, learning_rate=0.01), 1.0)
+grads = tuple(ms.Tensor(rng.standard_normal((2048, 4096)).astype(np.float32)) for _ in range(4))  # 128 MB
+built = resident_gb()
+reset_peak()
+for _ in range(2):
+    update(grads)
+print(json.dumps({"gb": peak_gb() - built}))
+"""
+
+
+def test_update_clips_without_copies_of_every_gradient(tmp_path):
+    """`Update` with our clip against MindSpore's `ops.clip_by_global_norm` on 128 MB of gradients, each in a fresh
+    process: 0.18 against 0.68 GB measured (the paper model's step at batch 2 x 12.7 s: 1.2 GB less)."""
+    from conftest import fresh_process_json
+
+    ours, theirs = (fresh_process_json(tmp_path, _CLIP_MEMORY, how)["gb"] for how in ("ours", "mindspore"))
+    assert ours < 0.5 * theirs, (ours, theirs)
