@@ -286,3 +286,22 @@ def test_the_findings_since_the_profile_quote_their_measurements():
     assert_quoted("at batch 16 went from {} to {} GB at the same speed ({} and {} s per step",
                   expand_row(False, "peak_gb"), expand_row(True, "peak_gb"),
                   expand_row(False, "step_seconds"), expand_row(True, "step_seconds"))
+
+
+UPDATE_MEMORY = json.loads(repo_path("data", "update_memory_reference_2core.json").read_text())
+
+
+def update_row(fixed, micro, key):
+    """A value of the batch-16 whole step (in micro-batches of `micro`, None: at once) before (`fixed` False) or
+    after our global-norm clip and the MulNoNan fold."""
+    return next(r[key] for r in UPDATE_MEMORY["rows"]
+                if r["batch"] == 16 and r["micro_batch"] == micro and r["own_clip_and_fold"] == fixed)
+
+
+@pytest.mark.parametrize("phrase, micro", [
+    ("whole step at batch 16 went from {} to {} GB ({} and {} s per step)", None),
+    ("in micro-batches of 2 from {} to {} GB ({} and {} s;", 2),
+])
+def test_the_clip_and_fold_sentence_quotes_its_reference(phrase, micro):
+    assert_quoted(phrase, update_row(False, micro, "peak_gb"), update_row(True, micro, "peak_gb"),
+                  update_row(False, micro, "step_seconds"), update_row(True, micro, "step_seconds"))
