@@ -77,13 +77,14 @@ def experiments(quick: bool = False, only: list[str] | None = None, manifest=Non
 
 def reference_peaks(reference: dict | None, profile: dict | None = None,
                     candidates: tuple[int, ...] = (16, 8, 4, 2, 1)) -> dict[int, float]:
-    """Peak GB of a length-sorted `paper` training step of 12.7 s utterances at each batch size: from the step
-    profile's whole-step rows when given (measured with the current code: a line through its smallest and largest
-    batch), else from the `bench` reference's rows (an older run)."""
+    """Peak GB of a length-sorted `paper` training step of 12.7 s utterances at each batch size, from whichever of
+    the two references was measured later (their "measured" stamps; one without a stamp counts as older, both
+    without: the profile): the step profile's whole-step rows (a line through its smallest and largest batch) or
+    the `bench` reference's rows."""
     whole = {r["batch_size"]: r["peak_gb"] for r in (profile or {}).get("rows", [])
              if r.get("name") == WHOLE_STEP and r.get("preset") == "paper" and "peak_gb" in r
              and r.get("seconds") == MEAN_SECONDS}
-    if len(whole) >= 2:
+    if len(whole) >= 2 and (profile or {}).get("measured", "") >= (reference or {}).get("measured", ""):
         (b0, p0), (b1, p1) = min(whole.items()), max(whole.items())
         return {b: p0 + (p1 - p0) * (b - b0) / (b1 - b0) for b in candidates}
     return {r["batch_size"]: r["peak_rss_mb"] / 1024 for r in (reference or {}).get("results", [])

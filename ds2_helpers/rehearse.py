@@ -20,6 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from ds2_helpers.atomic import atomic_write_text
+from ds2_helpers.bench import machine
 
 
 @dataclass(frozen=True)
@@ -108,7 +109,7 @@ def rehearse(out: str | Path, cfg: RehearsalConfig = RehearsalConfig(), *, progr
     summary = {
         "config": asdict(cfg), "batch_seconds": batch_seconds, "plan": {k: plan[k] for k in (
             "memory_available_gb", "base_gb", "gb_per_padded_second", "max_batch_seconds", "steps_per_epoch",
-            "epoch_hours", "peak_gb", "checkpoint_disk_gb", "cannot_fit")},
+            "epoch_hours", "peak_gb", "checkpoint_disk_gb", "cannot_fit", "largest_batch")},
         "corpus": {s: _durations(corpus / f"{s}.csv") for s in ("train", "dev", "test")},
         "killed_after_checkpoints": killed_at, "resumed_at_global_step": int(resumed.group(1)) if resumed else None,
         "trained_steps": int(metrics.step.max()), "step_seconds_median": float(metrics.step_seconds.median()),
@@ -117,6 +118,8 @@ def rehearse(out: str | Path, cfg: RehearsalConfig = RehearsalConfig(), *, progr
             (out / "eval" / "summary.json").read_text()),
         "export_ok": ex["exit_code"] == 0, "peak_rss_gb": max(s["peak_rss_gb"] for s in steps), "steps": steps,
         "preflight": _preflight_line(Path(first["log"])), "evaluate_peak_rss_gb": ev["peak_rss_gb"],
+        "export_frames": _exported_frames(out / "model.mindir.json"),  # None: a dynamic time axis
+        "machine": machine(), "measured": time.strftime("%Y-%m-%d %H:%M"),
     }
     atomic_write_text(out / "rehearsal.json", json.dumps(summary, indent=2))
     return summary
@@ -130,6 +133,11 @@ def _durations(manifest: Path) -> dict:
     d = pd.read_csv(manifest).duration
     return {"utterances": int(len(d)), "hours": float(d.sum() / 3600), "min": float(d.min()),
             "mean": float(d.mean()), "max": float(d.max())}
+
+
+def _exported_frames(sidecar: Path) -> int | None:
+    """The time axis the export was fixed to, from its sidecar (None: dynamic, any length; or no sidecar)."""
+    return json.loads(sidecar.read_text()).get("frames") if sidecar.exists() else None
 
 
 def _preflight_line(log: Path) -> str | None:

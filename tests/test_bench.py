@@ -105,7 +105,7 @@ def test_demo_takes_the_largest_batch_whose_reference_memory_fits():
     assert course.fixed_frames == 1250 and course.batch_size == 1 and pynative.mode == "pynative"
     assert best.batch_size == frozen.batch_size == 8 and best.fixed_frames is None and best.preset == "paper"
     assert frozen.freeze_conv and frozen.freeze_rnn_layers == 3 and best.seconds == course.seconds == 12.7
-    # the step profile (current code) wins over the older run: a line through its batch-1 and batch-16 peaks
+    # the step profile wins over an older (or unstamped) run: a line through its batch-1 and batch-16 peaks
     profile = {"rows": [{"name": "whole step (Trainer.step)", "preset": "paper", "batch_size": b, "peak_gb": gb,
                          "seconds": 12.7} for b, gb in ((1, 6.5), (16, 21.3))]
                + [{"name": "whole step (Trainer.step), recompute each RNN layer", "preset": "paper", "batch_size": 16,
@@ -115,6 +115,10 @@ def test_demo_takes_the_largest_batch_whose_reference_memory_fits():
     assert largest_fitting_batch(ref, memory_gb=26.0, profile=profile) == 16   # 21.3 <= 22.1
     assert demo(ref, memory_gb=24.0, profile=profile)[-1].batch_size == 8
     assert largest_fitting_batch(ref, memory_gb=24.0, profile={"rows": []}) == 16  # no profile rows: the run's
+    # the later of the two wins: a bench run measured after the profile, then a profile measured after that run
+    ref["measured"] = "2026-12-06 02:26"
+    assert largest_fitting_batch(ref, memory_gb=24.0, profile=profile) == 16
+    assert largest_fitting_batch(ref, memory_gb=24.0, profile={**profile, "measured": "2026-12-07 09:00"}) == 8
 
 
 def test_another_device_is_tried_and_the_refusal_named():

@@ -30,8 +30,14 @@ COLUMNS = {  # column -> value of one configuration
     2: lambda r: r["epoch_hours"],
     3: lambda r: REF[COURSE]["epoch_hours"] / r["epoch_hours"],
     4: lambda r: r["percent_of_floor"],
-    5: lambda r: r["peak_rss_mb"] / 1024,
+    5: lambda r: mindspore_percent(r),
+    6: lambda r: r["peak_rss_mb"] / 1024,
 }
+
+
+def mindspore_percent(r):
+    """% of the floor at MindSpore's own measured matrix-multiply rate (the README's column after the floor)."""
+    return r["percent_of_floor"] * r["matmul_gflops"] / r["mindspore_gflops"]
 
 
 def table_rows():
@@ -81,19 +87,29 @@ def test_every_row_of_the_speed_table_is_in_the_reference():
 B4 = "combined: graph, batch 4, sorted, Conv2d"
 
 
+def better_matmul():
+    """Whose matrix multiply set the reference's floor, as README names it."""
+    return "NumPy's" if REF[COURSE]["numpy_gflops"] >= REF[COURSE]["mindspore_gflops"] else "MindSpore's"
+
+
 @pytest.mark.parametrize("phrase, value", [
-    ("MindSpore's, ran at {} GFLOP/s on that host", lambda: REF[COURSE]["matmul_gflops"]),
+    ("The better matrix multiply on that host was " + better_matmul() + ", at {} GFLOP/s",
+     lambda: REF[COURSE]["matmul_gflops"]),
     ("so the floor is {} h per epoch", lambda: REF[COURSE]["floor_epoch_hours"]),
+    ("MindSpore's own matrix multiply ran at {} GFLOP/s", lambda: REF[COURSE]["mindspore_gflops"]),
     ("reaches {}% of the floor", lambda: REF["batch 16"]["percent_of_floor"]),
+    ("of the floor and {}% of MindSpore's floor", lambda: mindspore_percent(REF["batch 16"])),
     ("floor, {}x the course's configuration", lambda: REF[COURSE]["epoch_hours"] / REF["batch 16"]["epoch_hours"]),
-    ("already at {}% of the floor", lambda: REF[COURSE]["percent_of_floor"]),
-    ("could be more than {}x faster here", lambda: 100 / REF[COURSE]["percent_of_floor"]),
+    ("the course's configuration is at {}%", lambda: mindspore_percent(REF[COURSE])),
+    ("could be more than {}x faster here", lambda: 100 / mindspore_percent(REF[COURSE])),
     ("Batch 16 needs {} GB at once", lambda: REF["batch 16"]["peak_rss_mb"] / 1024),
     ("in micro-batches of 4 the same update took {}x the time",
      lambda: REF["batch 16 in micro-batches of 4"]["step_seconds"] / REF["batch 16"]["step_seconds"]),
     ("the time and {} GB in this run", lambda: REF["batch 16 in micro-batches of 4"]["peak_rss_mb"] / 1024),
     ("({} s against", lambda: REF["1 thread"]["step_seconds"]),
     ("against {} s per step,", lambda: REF[B4]["step_seconds"]),
+    ("(batch 4, {}% padding)", lambda: 100 * next(r for n, r in REF.items()
+                                                  if n.startswith("random batches ("))["padding_fraction"]),
 ])
 def test_the_paragraphs_quote_the_reference(phrase, value):
     assert_quoted(phrase, value())
@@ -104,6 +120,9 @@ def test_the_paragraphs_words_agree_with_the_reference():
     assert ("one thread at batch 4 was no slower than two" in text) == (REF["1 thread"]["step_seconds"]
                                                                         <= REF[B4]["step_seconds"])
     assert "reaches" in text and REF["batch 16"]["percent_of_floor"] > REF[B4]["percent_of_floor"]  # "the best"
+    # "the rest of the floor is the gap between the two matrix multiplies": the best is at MindSpore's own rate
+    assert ("The rest of the floor is the gap between the two matrix multiplies" in text) == (
+        mindspore_percent(REF["batch 16"]) >= 90)
 
 
 def drift(conv: str):
@@ -199,6 +218,16 @@ def profiled(name, key, batch=16):
     return next(r[key] for r in PROFILE["rows"] if r["name"] == name and r["batch_size"] == batch)
 
 
+def profile_mindspore_gflops():
+    """MindSpore's matrix-multiply rate in the profile's run (the faster of its two measurements)."""
+    return max(PROFILE["rates_before"]["mindspore"], PROFILE["rates_after"]["mindspore"])
+
+
+def at_mindspore_rate(name):
+    """A profile row's % of its floor had MindSpore's matrix multiply set the floor."""
+    return profiled(name, "percent_of_floor") * PROFILE["matmul_gflops"] / profile_mindspore_gflops()
+
+
 WHOLE = "whole step (Trainer.step)"
 RNN = "RNN stack, forward + backward"
 CONV = "convolution block, forward + backward"
@@ -216,13 +245,16 @@ def _kept_gb():
 
 
 @pytest.mark.parametrize("phrase, value", [
+    ("MindSpore's reached {} GFLOP/s): at batch 16", profile_mindspore_gflops),
     ("the whole step took {} s", lambda: profiled(WHOLE, "step_seconds")),
-    ("s ({}% of its floor that day)", lambda: profiled(WHOLE, "percent_of_floor")),
+    ("s ({}% of its floor that day", lambda: profiled(WHOLE, "percent_of_floor")),
+    ("of its floor that day, {}% of MindSpore's)", lambda: at_mindspore_rate(WHOLE)),
     ("peaked at {} GB, ", lambda: profiled(WHOLE, "peak_gb")),
     ("{} MB per padded audio second", lambda: profiled(WHOLE, "peak_gb") * 1024 / (16 * 12.71)),
     ("forward + backward took {} s", lambda: profiled(RNN, "step_seconds")),
     ("s ({}% of the step, ", lambda: profiled(RNN, "step_seconds") / profiled(WHOLE, "step_seconds") * 100),
     ("{}% of its own floor", lambda: profiled(RNN, "percent_of_floor")),
+    ("of its own floor and {}% of MindSpore's", lambda: at_mindspore_rate(RNN)),
     ("measured with) and {} GB", lambda: profiled(RNN, "memory_gb")),
     ("GB, {}x the gates and states alone", lambda: profiled(RNN, "memory_gb") / _kept_gb()),
     ("that its backward pass needs ({} GB)", _kept_gb),
@@ -236,7 +268,9 @@ def _kept_gb():
     ("lowered the peak to {} GB", lambda: profiled(WHOLE + ", recompute each RNN layer", "peak_gb")),
     ("GB at {}x the step time", lambda: profiled(WHOLE + ", recompute each RNN layer", "step_seconds")
      / profiled(WHOLE, "step_seconds")),
-    ("it raised the peak ({} GB)", lambda: profiled(WHOLE + ", recompute the convolution block", "peak_gb")),
+    ("block to {} GB at", lambda: profiled(WHOLE + ", recompute the convolution block", "peak_gb")),
+    ("GB at {}x. Most of the memory", lambda: profiled(WHOLE + ", recompute the convolution block", "step_seconds")
+     / profiled(WHOLE, "step_seconds")),
 ])
 def test_the_step_profile_paragraph_quotes_its_reference(phrase, value):
     assert_quoted(phrase, value())
@@ -281,8 +315,9 @@ def test_the_findings_since_the_profile_quote_their_measurements():
     paper = model_preset("paper")
     assert_quoted("keeps a workspace of {} H floats per frame",
                   step_profile.lstm_reserve_floats_per_frame(paper.hidden_size, paper.hidden_size) / paper.hidden_size)
-    assert_quoted("{} GB of the RNN stack's memory at batch 16",
-                  step_profile.rnn_reserve_bytes(paper, int(output_lengths(1271)), 16) / 2**30)
+    reserve = step_profile.rnn_reserve_bytes(paper, int(output_lengths(1271)), 16)
+    assert_quoted("{} GB of the RNN stack's memory at batch 16", reserve / 2**30)
+    assert_quoted("at batch 16, {} MB per padded audio second on its own", reserve / 2**20 / (16 * 12.71))
     assert_quoted("at batch 16 went from {} to {} GB at the same speed ({} and {} s per step",
                   expand_row(False, "peak_gb"), expand_row(True, "peak_gb"),
                   expand_row(False, "step_seconds"), expand_row(True, "step_seconds"))
@@ -305,3 +340,52 @@ def update_row(fixed, micro, key):
 def test_the_clip_and_fold_sentence_quotes_its_reference(phrase, micro):
     assert_quoted(phrase, update_row(False, micro, "peak_gb"), update_row(True, micro, "peak_gb"),
                   update_row(False, micro, "step_seconds"), update_row(True, micro, "step_seconds"))
+
+
+def test_the_step_profile_paragraphs_words_agree_with_its_reference():
+    from ds2_helpers import step_profile
+    from ds2_helpers.config import model_preset
+    from ds2_helpers.model import output_lengths
+
+    text = " ".join(repo_path("README.md").read_text().split())
+    assert ("oneDNN's LSTM outruns the one large matrix product" in text) == (at_mindspore_rate(RNN) > 100)
+    reserve_gb = step_profile.rnn_reserve_bytes(model_preset("paper"), int(output_lengths(1271)), 16) / 2**30
+    # "Most of the memory left is the RNN stack's, and most of that is MindSpore's LSTM kernel"
+    assert profiled(RNN, "memory_gb") > profiled(WHOLE, "memory_gb") / 2 and reserve_gb > profiled(RNN, "memory_gb") / 2
+
+
+REHEARSAL = json.loads(repo_path("data", "rehearsal_reference_2core.json").read_text())
+
+
+def _rehearsal_step(name):
+    return next(s for s in REHEARSAL["steps"] if s["step"] == name)
+
+
+@pytest.mark.parametrize("phrase, value", [
+    ("about {} min of steps on 2 cores", lambda: sum(s["seconds"] for s in REHEARSAL["steps"]) / 60),
+    ("reference machine ({} minutes of train audio", lambda: REHEARSAL["corpus"]["train"]["hours"] * 60),
+    ("audio, {} steps from scratch", lambda: REHEARSAL["trained_steps"]),
+    ("its steps took {} min in all", lambda: sum(s["seconds"] for s in REHEARSAL["steps"]) / 60),
+    ("`plan` printed a peak of {} GB", lambda: REHEARSAL["plan"]["base_gb"]),
+    ("GB + {} MB per padded second", lambda: REHEARSAL["plan"]["gb_per_padded_second"] * 1024),
+    ("and {} GB available", lambda: REHEARSAL["plan"]["memory_available_gb"]),
+    ("batches of up to {} padded seconds", lambda: REHEARSAL["batch_seconds"]),
+    ("(its line gives {} GB for the largest batch", lambda: REHEARSAL["plan"]["peak_gb"]),
+    ("largest batch, {} padded seconds)", lambda: REHEARSAL["plan"]["largest_batch"]["padded_seconds"]),
+    ("training peaked at {} GB", lambda: max(s["peak_rss_gb"] for s in REHEARSAL["steps"] if s["step"].startswith("train"))),
+    ("with a median step of {} s", lambda: REHEARSAL["step_seconds_median"]),
+    ("its checkpoint at step {} and resumed there", lambda: REHEARSAL["resumed_at_global_step"]),
+    ("longest test utterances ({} s", lambda: sorted(REHEARSAL["evaluated_seconds"])[-2]),
+    ("s and {} s) were evaluated", lambda: sorted(REHEARSAL["evaluated_seconds"])[-1]),
+    ("were evaluated at {} GB", lambda: REHEARSAL["evaluate_peak_rss_gb"]),
+])
+def test_the_rehearsal_paragraph_quotes_its_reference(phrase, value):
+    assert_quoted(phrase, value())
+
+
+def test_the_rehearsal_paragraphs_words_agree_with_its_reference():
+    text = " ".join(repo_path("README.md").read_text().split())
+    assert REHEARSAL["killed_after_checkpoints"] == [REHEARSAL["resumed_at_global_step"]]
+    assert REHEARSAL["export_ok"] and ("dynamic time axis (any length)" in text) == (REHEARSAL["export_frames"] is None)
+    # "training peaked at ..." within what plan's line allowed for the batch it chose
+    assert max(s["peak_rss_gb"] for s in REHEARSAL["steps"] if s["step"].startswith("train")) <= REHEARSAL["plan"]["peak_gb"]

@@ -144,6 +144,8 @@ def test_rehearsal_small(tmp_path):
     assert summary["trained_steps"] == RehearsalConfig.small().steps
     assert max(summary["evaluated_seconds"]) >= 30 and summary["evaluation"]["utterances"] == 2
     assert summary["export_ok"] and summary["preflight"].startswith("preflight: fits")
+    sidecar = json.loads((tmp_path / "model.mindir.json").read_text())
+    assert summary["export_frames"] == sidecar["frames"] and summary["measured"] and summary["machine"]["cores"]
     assert json.loads((tmp_path / "rehearsal.json").read_text())["steps"][0]["step"] == "corpus"
     longest = pd.read_csv(tmp_path / "longest.csv").iloc[-1]
     from ds2_helpers.checkpoint import load_model
