@@ -193,6 +193,12 @@ def matmul_gflops(sizes: tuple[int, ...] = (2048, 4096), repeats: int = 2) -> di
     return rates
 
 
+def percent_at_mindspore_rate(percent_of_floor: float, floor_gflops: float, mindspore_gflops: float) -> float:
+    """A share of the floor re-expressed as if MindSpore's own matrix-multiply rate set it: where NumPy's (say
+    OpenBLAS on AVX-512/AMX) is faster, what MindSpore's kernels could reach is the nearer target."""
+    return percent_of_floor * floor_gflops / mindspore_gflops
+
+
 def project(result: dict, cfg: BenchConfig, floor_rate_gflops: float, epoch_hours: float = EPOCH_AUDIO_HOURS) -> dict:
     """Epoch hours, and the share of the machine's floor, from a timed result."""
     from ds2_helpers.model import training_flops_per_audio_second

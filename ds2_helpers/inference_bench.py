@@ -165,6 +165,7 @@ def machine_rates(presets) -> dict:
 
 def with_bounds(result: dict, cfg: InferenceConfig, rates: dict) -> dict:
     """A timed row with its roofline: the bound RTF and the share of it reached (100% = at the bound)."""
+    from ds2_helpers.bench import percent_at_mindspore_rate
     from ds2_helpers.config import model_preset
     from ds2_helpers.inference import bounds
 
@@ -176,8 +177,8 @@ def with_bounds(result: dict, cfg: InferenceConfig, rates: dict) -> dict:
     out = {**row, **b, "percent_of_bound": 100 * b["bound_rtf"] / result["rtf"],
            "percent_of_flop_floor": 100 * b["flop_rtf"] / result["rtf"]}
     if rates.get("mindspore_gflops"):  # the floor at MindSpore's own matmul rate: what its kernels could reach
-        share = rates["sgemm_gflops"] / rates["mindspore_gflops"]
-        out["percent_of_mindspore_floor"] = out["percent_of_flop_floor"] * share
+        out["percent_of_mindspore_floor"] = percent_at_mindspore_rate(out["percent_of_flop_floor"],
+                                                                      rates["sgemm_gflops"], rates["mindspore_gflops"])
     return out
 
 

@@ -37,7 +37,9 @@ COLUMNS = {  # column -> value of one configuration
 
 def mindspore_percent(r):
     """% of the floor at MindSpore's own measured matrix-multiply rate (the README's column after the floor)."""
-    return r["percent_of_floor"] * r["matmul_gflops"] / r["mindspore_gflops"]
+    from ds2_helpers.bench import percent_at_mindspore_rate
+
+    return percent_at_mindspore_rate(r["percent_of_floor"], r["matmul_gflops"], r["mindspore_gflops"])
 
 
 def table_rows():
@@ -219,13 +221,18 @@ def profiled(name, key, batch=16):
 
 
 def profile_mindspore_gflops():
-    """MindSpore's matrix-multiply rate in the profile's run (the faster of its two measurements)."""
-    return max(PROFILE["rates_before"]["mindspore"], PROFILE["rates_after"]["mindspore"])
+    """MindSpore's matrix-multiply rate in the profile's run."""
+    from ds2_helpers.step_profile import mindspore_gflops
+
+    return mindspore_gflops(PROFILE)
 
 
 def at_mindspore_rate(name):
     """A profile row's % of its floor had MindSpore's matrix multiply set the floor."""
-    return profiled(name, "percent_of_floor") * PROFILE["matmul_gflops"] / profile_mindspore_gflops()
+    from ds2_helpers.bench import percent_at_mindspore_rate
+
+    return percent_at_mindspore_rate(profiled(name, "percent_of_floor"), PROFILE["matmul_gflops"],
+                                     profile_mindspore_gflops())
 
 
 WHOLE = "whole step (Trainer.step)"
@@ -357,22 +364,28 @@ def test_the_step_profile_paragraphs_words_agree_with_its_reference():
 REHEARSAL = json.loads(repo_path("data", "rehearsal_reference_2core.json").read_text())
 
 
-def _rehearsal_step(name):
-    return next(s for s in REHEARSAL["steps"] if s["step"] == name)
+def _rehearsal_minutes():
+    """Minutes of all the rehearsal's commands together."""
+    return sum(s["seconds"] for s in REHEARSAL["steps"]) / 60
+
+
+def _training_peak():
+    """The peak memory of the rehearsal's two training commands (killed, resumed)."""
+    return max(s["peak_rss_gb"] for s in REHEARSAL["steps"] if s["step"].startswith("train"))
 
 
 @pytest.mark.parametrize("phrase, value", [
-    ("about {} min of steps on 2 cores", lambda: sum(s["seconds"] for s in REHEARSAL["steps"]) / 60),
+    ("about {} min of steps on 2 cores", _rehearsal_minutes),
     ("reference machine ({} minutes of train audio", lambda: REHEARSAL["corpus"]["train"]["hours"] * 60),
     ("audio, {} steps from scratch", lambda: REHEARSAL["trained_steps"]),
-    ("its steps took {} min in all", lambda: sum(s["seconds"] for s in REHEARSAL["steps"]) / 60),
+    ("its steps took {} min in all", _rehearsal_minutes),
     ("`plan` printed a peak of {} GB", lambda: REHEARSAL["plan"]["base_gb"]),
     ("GB + {} MB per padded second", lambda: REHEARSAL["plan"]["gb_per_padded_second"] * 1024),
     ("and {} GB available", lambda: REHEARSAL["plan"]["memory_available_gb"]),
     ("batches of up to {} padded seconds", lambda: REHEARSAL["batch_seconds"]),
     ("(its line gives {} GB for the largest batch", lambda: REHEARSAL["plan"]["peak_gb"]),
     ("largest batch, {} padded seconds)", lambda: REHEARSAL["plan"]["largest_batch"]["padded_seconds"]),
-    ("training peaked at {} GB", lambda: max(s["peak_rss_gb"] for s in REHEARSAL["steps"] if s["step"].startswith("train"))),
+    ("training peaked at {} GB", _training_peak),
     ("with a median step of {} s", lambda: REHEARSAL["step_seconds_median"]),
     ("its checkpoint at step {} and resumed there", lambda: REHEARSAL["resumed_at_global_step"]),
     ("longest test utterances ({} s", lambda: sorted(REHEARSAL["evaluated_seconds"])[-2]),
@@ -388,4 +401,4 @@ def test_the_rehearsal_paragraphs_words_agree_with_its_reference():
     assert REHEARSAL["killed_after_checkpoints"] == [REHEARSAL["resumed_at_global_step"]]
     assert REHEARSAL["export_ok"] and ("dynamic time axis (any length)" in text) == (REHEARSAL["export_frames"] is None)
     # "training peaked at ..." within what plan's line allowed for the batch it chose
-    assert max(s["peak_rss_gb"] for s in REHEARSAL["steps"] if s["step"].startswith("train")) <= REHEARSAL["plan"]["peak_gb"]
+    assert _training_peak() <= REHEARSAL["plan"]["peak_gb"]
