@@ -388,6 +388,7 @@ def cmd_onednn(args: argparse.Namespace) -> int:
 
     result = measure(args.out)
     print(pd.DataFrame(result["steps"]).to_string(index=False))
+    print(pd.DataFrame(result["inference"]).to_string(index=False))
     print(pd.DataFrame(result["primitives"]).head(12).to_string(index=False))
     print(f"wrote {args.out}")
     return 0

@@ -41,6 +41,8 @@ class InferenceConfig:
     seconds: float = BATCH1_SECONDS  # batch 1: the utterance's length
     utterances: int = 3             # batch 1: timed repeats; batches: utterances drawn like test-clean's
     seed: int = 0
+    conv: str = "native"            # ModelConfig.conv: MindSpore's Conv2d or our matrix-product convolution
+    onednn_isa: str | None = None   # ONEDNN_MAX_CPU_ISA of the child (None: the package's cap, ds2_helpers.onednn)
 
 
 def suite(presets=("paper", "mini"), *, quick: bool = False) -> list[InferenceConfig]:
@@ -87,7 +89,7 @@ def run_one(cfg: InferenceConfig) -> dict:
     from ds2_helpers.model import DeepSpeech2
 
     ms.set_context(mode=ms.PYNATIVE_MODE)
-    model_cfg = model_preset(cfg.preset)
+    model_cfg = model_preset(cfg.preset, conv=cfg.conv)
     net = DeepSpeech2(model_cfg)
     net.set_train(False)
     rng = np.random.default_rng(cfg.seed)
@@ -135,7 +137,7 @@ def run_one(cfg: InferenceConfig) -> dict:
     row = {"seconds": seconds, "audio_seconds": audio, "rtf": seconds / audio, "batches": len(batches),
            "mean_batch": float(np.mean([len(f) for f in batches])), "compile_seconds": compile_seconds,
            "warm_seconds": warm_seconds, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-           "onednn_isa": os.environ.get("ONEDNN_MAX_CPU_ISA")}
+           "onednn_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"), "conv": cfg.conv}
     if beside:  # the MindIR beside the checkpoint's compiled network, utterance by utterance in this process
         row["time_vs_checkpoint"] = statistics.median(t / c for t, c in zip(times, beside))
         row["checkpoint_rtf"] = statistics.median(beside) * len(beside) / audio
@@ -146,8 +148,9 @@ def run_isolated(cfg: InferenceConfig, timeout: float = 3600) -> dict:
     """`run_one` in a fresh process (`bench.run_json_process`: a failure comes back as {'error': ...})."""
     from ds2_helpers.bench import run_json_process
 
+    env = dict(os.environ, **({"ONEDNN_MAX_CPU_ISA": cfg.onednn_isa} if cfg.onednn_isa else {}))
     return run_json_process([sys.executable, "-m", "ds2_helpers.inference_bench", json.dumps(asdict(cfg))],
-                            timeout=timeout)
+                            env=env, timeout=timeout)
 
 
 def machine_rates(presets) -> dict:

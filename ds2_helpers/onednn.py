@@ -4,7 +4,8 @@ MindSpore's CPU kernels for Conv2d, MatMul and LSTM are oneDNN primitives, and o
 for the instruction sets it is allowed. On an AVX-512 host it picked `jit_uni_ncsp:conv+ref:any` for the
 DeepSpeech2 convolutions' forward and backward-data passes, many times slower than the `x64:gemm:jit` it picks
 when capped at AVX2; the cap costs the matrix products some speed. `python -m ds2_helpers onednn` measures both
-on this machine (training steps of both presets and convolutions, and oneDNN's own per-primitive times);
+on this machine (training steps of both presets and convolutions, evaluate's batches of the paper model, and
+oneDNN's own per-primitive times);
 data/onednn_isa_reference_2core.json holds the reference run and notebook 07 reads it.
 
 oneDNN reads the variable when MindSpore creates its first primitive, so setting it when ds2_helpers is
@@ -90,12 +91,35 @@ def step_times(isas=("ALL", DEFAULT), *, convs=("native", "matmul"), shapes=(("m
     return rows
 
 
+def inference_times(isas=("ALL", DEFAULT), *, convs=("native", "matmul"), preset: str = "paper",
+                    batch_seconds: float = 40.0, utterances: int = 6, timeout: float = 1800) -> list[dict]:
+    """Real-time factor of `evaluate`'s batches (Graph mode, length-sorted, up to `batch_seconds` of padded audio,
+    test-clean-like lengths) per (convolution, cap), each in a fresh `inference_bench` process: inference has no
+    backward pass, so the cap is measured for it on its own."""
+    from ds2_helpers.inference_bench import InferenceConfig, run_isolated
+
+    rows = []
+    for conv in convs:
+        for isa in isas:
+            cfg = InferenceConfig(name=f"{preset} evaluate {conv} {isa}", preset=preset, batch_seconds=batch_seconds,
+                                  utterances=utterances, conv=conv, onednn_isa=isa)
+            result = run_isolated(cfg, timeout=timeout)
+            rows.append({"preset": preset, "batch_seconds": batch_seconds, "conv": conv, "isa": isa,
+                         "audio_seconds": result.get("audio_seconds"), "rtf": result.get("rtf"),
+                         "child_isa": result.get("onednn_isa"), "error": result.get("error")})
+    return rows
+
+
 def measure(out: str | Path | None = None) -> dict:
-    """Step times and oneDNN's per-primitive times under both caps; written as JSON to `out`."""
+    """Step times, evaluate's real-time factors and oneDNN's per-primitive times under both caps; written as JSON
+    to `out`."""
+    import time
+
     from ds2_helpers.atomic import atomic_write_text
     from ds2_helpers.bench import machine
 
-    result = {"machine": machine(), "avx512": "avx512f" in cpu_flags(), "steps": step_times(),
+    result = {"machine": machine(), "measured": time.strftime("%Y-%m-%d %H:%M"),
+              "avx512": "avx512f" in cpu_flags(), "steps": step_times(), "inference": inference_times(),
               "primitives": primitive_times("ALL") + primitive_times(DEFAULT)}
     if out:
         atomic_write_text(out, json.dumps(result, indent=2))
@@ -129,4 +153,21 @@ def summary(result: dict) -> str:
                  f"`{worst['implementation']}` ({worst['milliseconds'] / 1000:.1f} s of one PyNative mini step).")
     if cost:
         text += f" Capped, our matrix-product convolution's steps run {', '.join(cost)}."
-    return text
+    return text + _inference_summary(result.get("inference", []))
+
+
+def _inference_summary(rows: list[dict]) -> str:
+    """The inference sentence of `summary`: evaluate's real-time factor per cap and convolution."""
+    rtf = {(r["conv"], r["isa"]): r["rtf"] for r in rows if r.get("rtf")}
+    capped, free = rtf.get(("native", DEFAULT)), rtf.get(("native", "ALL"))
+    if not (capped and free):
+        return ""
+    row = next(r for r in rows if r.get("rtf"))
+    text = (f" Inference too (`{row['preset']}`, evaluate's batches of up to {row['batch_seconds']:g} s, "
+            f"{row['audio_seconds']:.0f} s of audio): RTF {free:.3f} with every instruction set allowed, "
+            f"{capped:.3f} capped ({free / capped:.1f}x)")
+    if ("matmul", "ALL") in rtf:
+        text += f"; with our matrix-product convolution {rtf[('matmul', 'ALL')]:.3f} uncapped"
+        if ("matmul", DEFAULT) in rtf:
+            text += f", {rtf[('matmul', DEFAULT)]:.3f} capped"
+    return text + "."

@@ -32,6 +32,27 @@ def test_primitive_times_reads_onednns_own_account():
     assert any(r["primitive"] == "rnn" for r in rows)
 
 
+def test_inference_times_run_each_cap_and_convolution_in_its_own_process():
+    rows = onednn.inference_times(("SSE41", "AVX2"), convs=("native", "matmul"), preset="mini", batch_seconds=10.0,
+                                  utterances=2, timeout=600)
+    assert [(r["conv"], r["isa"]) for r in rows] == [("native", "SSE41"), ("native", "AVX2"),
+                                                      ("matmul", "SSE41"), ("matmul", "AVX2")]
+    assert all(r["error"] is None and r["rtf"] > 0 and r["audio_seconds"] > 0 for r in rows), rows
+    assert [r["child_isa"] for r in rows] == [r["isa"] for r in rows]  # the cap reached the child
+
+
+def test_summary_states_the_inference_rows():
+    rows = [{"preset": "paper", "batch_seconds": 40.0, "conv": conv, "isa": isa, "audio_seconds": 61.2, "rtf": rtf}
+            for conv, isa, rtf in (("native", "ALL", 0.9), ("native", "AVX2", 0.3), ("matmul", "ALL", 0.45))]
+    text = onednn._inference_summary(rows)
+    assert text == (" Inference too (`paper`, evaluate's batches of up to 40 s, 61 s of audio): RTF 0.900 with "
+                    "every instruction set allowed, 0.300 capped (3.0x); with our matrix-product convolution 0.450 "
+                    "uncapped.")
+    rows.append({**rows[-1], "isa": "AVX2", "rtf": 0.5})
+    assert onednn._inference_summary(rows).endswith("convolution 0.450 uncapped, 0.500 capped.")
+    assert onednn._inference_summary(rows[2:]) == ""  # no capped/uncapped pair: nothing to say
+
+
 def test_readme_quotes_the_committed_measurement():
     import json
 
@@ -42,3 +63,8 @@ def test_readme_quotes_the_committed_measurement():
     assert onednn.summary(result) in readme
     steps = {(r["preset"], r["conv"], r["isa"]): r["step_seconds"] for r in result["steps"]}
     assert steps[("paper", "native", "AVX2")] < steps[("paper", "native", "ALL")]  # the claim the cap rests on
+    rtf = {(r["conv"], r["isa"]): r["rtf"] for r in result["inference"]}
+    assert rtf[("native", "ALL")] > 2 * rtf[("native", "AVX2")]  # inference: the cap matters for Conv2d too,
+    assert rtf[("matmul", "ALL")] > 0.95 * rtf[("native", "AVX2")]  # and lifting it gains nothing:
+    assert "Lifting the cap gains inference nothing: its best uncapped run only matched the capped one." in readme
+    assert "the best uncapped inference run only matched the capped one" in readme
