@@ -123,7 +123,8 @@ def _check_outputs(args: argparse.Namespace) -> None:
 
 
 def _preflight(args: argparse.Namespace, train_cfg, spect, data) -> None:
-    """One step of the run's largest batch in a child process, before hours of training depend on it."""
+    """Two steps of the run's largest batch in a child process (plan.preflight), before hours of training depend
+    on it."""
     from ds2_helpers.features import n_frames
     from ds2_helpers.plan import largest_batch, preflight
     from ds2_helpers.train import epoch_batches
@@ -134,7 +135,7 @@ def _preflight(args: argparse.Namespace, train_cfg, spect, data) -> None:
     batch, padded = largest_batch(batches, frames, args.pad_multiple, train_cfg.micro_batch)
     micro = train_cfg.micro_batch if (train_cfg.micro_batch or batch) < batch else None  # else it runs whole
     at_once = f", {micro} at a time" if micro else ""
-    print(f"preflight: one step of the largest batch ({batch} x {padded / 100:.1f} s{at_once}) ...", flush=True)
+    print(f"preflight: two steps of the largest batch ({batch} x {padded / 100:.1f} s{at_once}) ...", flush=True)
     result = preflight(args.preset, batch, padded, conv=args.conv, mode=train_cfg.mode, freeze_conv=train_cfg.freeze_conv,
                        freeze_rnn_layers=train_cfg.freeze_rnn_layers, micro_batch=micro)
     print(f"preflight: fits, peak {result['peak_gb']:.1f} GB of {result['memory_available_gb']:.1f} GB available, "
@@ -585,7 +586,7 @@ def add_commands(sub) -> None:
     p.add_argument("--static-shapes", action="store_true",
                    help="compile one graph per batch shape (each keeps its memory: for comparison only)")
     p.add_argument("--preflight", action=argparse.BooleanOptionalAction, default=True,
-                   help="first run one step of the largest batch in a child process (fails early if it "
+                   help="first run two steps of the largest batch in a child process (fails early if it "
                         "does not fit)")
     p.add_argument("--window", default="hamming", help="analysis window: hamming (the model zoo's), hann, ...")
     p.add_argument("--periodic-window", action=argparse.BooleanOptionalAction, default=True,

@@ -133,6 +133,23 @@ def test_preflight_fails_early_with_the_fix():
         preflight("mini", 2, 300, conv="matmul", memory_gb=0.3)
 
 
+def test_preflight_measures_a_step_after_a_warm_up(monkeypatch):
+    """A shape's first step holds less than training later does: the preflight measures the second."""
+    from ds2_helpers import plan
+
+    calls = []
+
+    def fake_run(cfg, *, steps, warmup, **kw):
+        calls.append((cfg.batch_size, round(cfg.seconds, 2), steps, warmup))
+        return {"peak_rss_mb": 1024.0, "step_seconds": 1.0}
+
+    monkeypatch.setattr(plan, "run_isolated", fake_run)
+    result = plan.preflight("mini", 3, 400, conv="matmul", memory_gb=100.0)
+    assert calls == [(3, 4.0, 1, 1)] and result["peak_gb"] == 1.0
+    with pytest.raises(PreflightError, match="needs 1.0 GB"):  # peak x (1 + slack) against the memory left
+        plan.preflight("mini", 3, 400, conv="matmul", memory_gb=1.2)
+
+
 def test_rehearsal_small(tmp_path):
     """The real job's steps in miniature: plan, preflight, train killed after a checkpoint, resume, evaluation
     of the longest (30-35 s) test utterances, export."""
