@@ -161,11 +161,7 @@ def run_json_process(args: list[str], *, env: dict | None = None, timeout: float
 
 def run_isolated(cfg: BenchConfig, *, steps: int, warmup: int, timeout: float = 3600) -> dict:
     """Run one configuration in a fresh process (`run_json_process`)."""
-    env = dict(os.environ)
-    if cfg.threads:
-        env["OMP_NUM_THREADS"] = str(cfg.threads)
-    if cfg.onednn_isa:
-        env["ONEDNN_MAX_CPU_ISA"] = cfg.onednn_isa
+    env = child_env(onednn_isa=cfg.onednn_isa, threads=cfg.threads)
     args = [sys.executable, "-m", "ds2_helpers", "bench-one", json.dumps(asdict(cfg)), "--steps", str(steps),
             "--warmup", str(warmup)]
     return run_json_process(args, env=env, timeout=timeout)
@@ -254,6 +250,22 @@ class Suite:
         return self.results
 
 
+def provenance() -> dict:
+    """What a measurement file records first: the machine and when ("measured", compared as text by
+    `experiments.reference_peaks` to take the later of two references)."""
+    return {"machine": machine(), "measured": time.strftime("%Y-%m-%d %H:%M")}
+
+
+def child_env(*, onednn_isa: str | None = None, threads: int | None = None) -> dict:
+    """This process's environment for a measuring child, with its oneDNN cap and thread count when given."""
+    env = dict(os.environ)
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    if onednn_isa:
+        env["ONEDNN_MAX_CPU_ISA"] = onednn_isa
+    return env
+
+
 def machine() -> dict:
     """What the numbers were measured on."""
     import platform
@@ -277,7 +289,7 @@ def write_results(results: list[dict], out: str | Path) -> dict[str, Path]:
 
     from ds2_helpers.atomic import write_report
 
-    payload = {"machine": machine(), "measured": time.strftime("%Y-%m-%d %H:%M"), "results": results}
+    payload = {**provenance(), "results": results}
     frame = pd.DataFrame(results)
     return write_report(out, "results", payload, frame.drop(columns=["step_seconds_all"], errors="ignore"),
                         charts.epoch_chart(frame), png="epoch_hours.png", indent=2, dpi=100, bbox_inches="tight")

@@ -146,11 +146,10 @@ def run_one(cfg: InferenceConfig) -> dict:
 
 def run_isolated(cfg: InferenceConfig, timeout: float = 3600) -> dict:
     """`run_one` in a fresh process (`bench.run_json_process`: a failure comes back as {'error': ...})."""
-    from ds2_helpers.bench import run_json_process
+    from ds2_helpers.bench import child_env, run_json_process
 
-    env = dict(os.environ, **({"ONEDNN_MAX_CPU_ISA": cfg.onednn_isa} if cfg.onednn_isa else {}))
     return run_json_process([sys.executable, "-m", "ds2_helpers.inference_bench", json.dumps(asdict(cfg))],
-                            env=env, timeout=timeout)
+                            env=child_env(onednn_isa=cfg.onednn_isa), timeout=timeout)
 
 
 def machine_rates(presets) -> dict:
@@ -188,7 +187,7 @@ def with_bounds(result: dict, cfg: InferenceConfig, rates: dict) -> dict:
 def run_suite(configs: list[InferenceConfig], progress: bool = True) -> dict:
     """Every configuration in its own process, the machine's rates measured before and after (the higher kept:
     the strictest bound, so a busy moment while measuring a rate cannot flatter the rows)."""
-    from ds2_helpers.bench import machine
+    from ds2_helpers.bench import provenance
 
     presets = sorted({c.preset for c in configs})
     before = machine_rates(presets)
@@ -202,7 +201,7 @@ def run_suite(configs: list[InferenceConfig], progress: bool = True) -> dict:
             print(f"{cfg.name}: {shown} ({time.perf_counter() - t0:.0f} s)", flush=True)
     after = machine_rates(presets)
     rates = strictest(before, after)
-    return {"machine": machine(), "measured": time.strftime("%Y-%m-%d %H:%M"), "rates": rates,
+    return {**provenance(), "rates": rates,
             "results": [with_bounds(r, c, rates) for r, c in zip(results, configs)]}
 
 

@@ -113,13 +113,10 @@ def inference_times(isas=("ALL", DEFAULT), *, convs=("native", "matmul"), preset
 def measure(out: str | Path | None = None) -> dict:
     """Step times, evaluate's real-time factors and oneDNN's per-primitive times under both caps; written as JSON
     to `out`."""
-    import time
-
     from ds2_helpers.atomic import atomic_write_text
-    from ds2_helpers.bench import machine
+    from ds2_helpers.bench import provenance
 
-    result = {"machine": machine(), "measured": time.strftime("%Y-%m-%d %H:%M"),
-              "avx512": "avx512f" in cpu_flags(), "steps": step_times(), "inference": inference_times(),
+    result = {**provenance(), "avx512": "avx512f" in cpu_flags(), "steps": step_times(), "inference": inference_times(),
               "primitives": primitive_times("ALL") + primitive_times(DEFAULT)}
     if out:
         atomic_write_text(out, json.dumps(result, indent=2))

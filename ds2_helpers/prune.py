@@ -355,7 +355,7 @@ def measure(checkpoint: str | Path, train_manifest, test_manifest, *, sparsities
     import pandas as pd
 
     from ds2_helpers.atomic import atomic_write_text
-    from ds2_helpers.bench import machine
+    from ds2_helpers.bench import provenance
     from ds2_helpers.checkpoint import load_model
     from ds2_helpers.dataset import SpeechData
     from ds2_helpers.evaluate import evaluate
@@ -406,7 +406,7 @@ def measure(checkpoint: str | Path, train_manifest, test_manifest, *, sparsities
     table.attrs.update(step_batch=list(step_batch.x.shape), inference_batch=list(infer_batch.x.shape), mode=mode)
     atomic_write_text(folder / "prune.csv", table.to_csv(index=False))
     atomic_write_text(folder / "prune.json", json.dumps({
-        "machine": machine(), "measured": time.strftime("%Y-%m-%d %H:%M"), "checkpoint": str(checkpoint),
+        **provenance(), "checkpoint": str(checkpoint),
         "test_manifest": str(test_manifest), "eval_limit": eval_limit, "finetune_steps": finetune_steps, "lr": lr,
         "repeats": repeats, **table.attrs, "rows": table.to_dict("records")}, indent=1))
     return table

@@ -257,7 +257,7 @@ def run(configs: list[RaceConfig], train_manifest, eval_manifest, out, *, second
         extra: dict | None = None, **kwargs) -> list[dict]:
     """Every contestant with the same budget, one after the other; the curves go to out/race.json (with `extra`
     keys beside them). Step-based schedules without a length get one estimated from the budget first."""
-    from ds2_helpers.bench import machine
+    from ds2_helpers.bench import provenance
     from ds2_helpers.atomic import atomic_write_text
 
     out = Path(out)
@@ -271,7 +271,7 @@ def run(configs: list[RaceConfig], train_manifest, eval_manifest, out, *, second
         curve += race_one(cfg, train_manifest, eval_manifest, out / f"run{k}", seconds=seconds,
                           eval_every=eval_every, **kwargs)
         atomic_write_text(out / "race.json", json.dumps({
-            "machine": machine(), "measured": time.strftime("%Y-%m-%d %H:%M"),
+            **provenance(),
             "configs": [asdict(c) for c in configs], "seconds": seconds, "curve": curve, **extra}, indent=1))
     return curve
 

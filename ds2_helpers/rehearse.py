@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from ds2_helpers.atomic import atomic_write_text
-from ds2_helpers.bench import machine
+from ds2_helpers.bench import provenance
 
 
 @dataclass(frozen=True)
@@ -119,7 +119,7 @@ def rehearse(out: str | Path, cfg: RehearsalConfig = RehearsalConfig(), *, progr
         "export_ok": ex["exit_code"] == 0, "peak_rss_gb": max(s["peak_rss_gb"] for s in steps), "steps": steps,
         "preflight": _preflight_line(Path(first["log"])), "evaluate_peak_rss_gb": ev["peak_rss_gb"],
         "export_frames": _exported_frames(out / "model.mindir.json"),  # None: a dynamic time axis
-        "machine": machine(), "measured": time.strftime("%Y-%m-%d %H:%M"),
+        **provenance(),
     }
     atomic_write_text(out / "rehearsal.json", json.dumps(summary, indent=2))
     return summary

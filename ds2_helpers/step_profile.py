@@ -224,7 +224,7 @@ def run(preset: str = "paper", batch_sizes: tuple[int, ...] = (1, 16), seconds: 
         if "step_seconds" in row:
             row["floor_seconds"] = row["gflop"] / rate
             row["percent_of_floor"] = 100 * row["floor_seconds"] / row["step_seconds"] if row["gflop"] else None
-    return {"machine": bench.machine(), "measured": time.strftime("%Y-%m-%d %H:%M"), "matmul_gflops": rate,
+    return {**bench.provenance(), "matmul_gflops": rate,
             "rates_before": before, "rates_after": after,
             "what": f"{'each part of a training step' if parts else 'whole training steps'} in its own process "
                     f"(Graph mode, synthetic utterances of {seconds} s); memory_gb = peak RSS above the built network",
