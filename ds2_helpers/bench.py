@@ -52,6 +52,7 @@ class BenchConfig:
     padding_fraction: float = 0.0   # extra padded frames per audio frame (unsorted batches); rows report the share
     recompute: tuple[str, ...] = ()  # Cell.recompute() on these parts: "conv" (the block), "rnn" (each layer)
     micro_batch: int | None = None  # TrainConfig.micro_batch: the batch run in micro-batches, one update
+    layerwise: bool = False         # TrainConfig.layerwise: backward one layer at a time, each recomputed
     device: str = "CPU"             # MindSpore's device: "GPU" or "Ascend" need MindSpore's wheel for them
     kind: str = "step"              # baseline | step (same model and data: a recommendation candidate)
                                     # | contrast (what not to do) | other model (changes what is learned)
@@ -102,7 +103,7 @@ def run_one(cfg: BenchConfig, *, steps: int = 3, warmup: int = 1) -> dict:
         ms.set_context(runtime_num_threads=cfg.threads)
     tcfg = train_preset("paper", batch_size=cfg.batch_size, mode=cfg.mode, save_every=0,
                         freeze_conv=cfg.freeze_conv, freeze_rnn_layers=cfg.freeze_rnn_layers,
-                        micro_batch=cfg.micro_batch)
+                        micro_batch=cfg.micro_batch, layerwise=cfg.layerwise)
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:

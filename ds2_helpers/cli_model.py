@@ -38,7 +38,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         "freeze_rnn_layers": args.freeze_rnn_layers, "dynamic_shapes": False if args.static_shapes else None,
         "release_memory": args.release_memory, "optimizer": args.optimizer, "schedule": args.schedule,
         "warmup_steps": args.warmup_steps, "warmup_fraction": args.warmup_fraction,
-        "schedule_steps": args.schedule_steps, "augment": args.augment, "micro_batch": args.micro_batch}.items()
+        "schedule_steps": args.schedule_steps, "augment": args.augment, "micro_batch": args.micro_batch,
+        "layerwise": args.layerwise or None}.items()
         if v is not None}
     train_cfg = train_preset(args.preset, **overrides)
     model_cfg = model_preset(args.preset)
@@ -97,6 +98,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                     if train_cfg.batch_seconds else f"batch {train_cfg.batch_size}")
         if train_cfg.micro_batch:
             batching += f", run {train_cfg.micro_batch} utterances at a time (one update per batch)"
+        if train_cfg.layerwise:
+            batching += ", backward one layer at a time"
         total = data.durations.sum()
         print(f"training {args.preset} on {len(data)} utterances "
               f"({f'{total / 3600:.2f} h' if total >= 360 else f'{total / 60:.1f} min'} of audio), "
@@ -137,7 +140,8 @@ def _preflight(args: argparse.Namespace, train_cfg, spect, data) -> None:
     at_once = f", {micro} at a time" if micro else ""
     print(f"preflight: two steps of the largest batch ({batch} x {padded / 100:.1f} s{at_once}) ...", flush=True)
     result = preflight(args.preset, batch, padded, conv=args.conv, mode=train_cfg.mode, freeze_conv=train_cfg.freeze_conv,
-                       freeze_rnn_layers=train_cfg.freeze_rnn_layers, micro_batch=micro)
+                       freeze_rnn_layers=train_cfg.freeze_rnn_layers, micro_batch=micro,
+                       layerwise=train_cfg.layerwise)
     print(f"preflight: fits, peak {result['peak_gb']:.1f} GB of {result['memory_available_gb']:.1f} GB available, "
           f"{result['step_seconds']:.1f} s for that step", flush=True)
 
@@ -154,7 +158,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
         from ds2_helpers.atomic import check_writable
 
         check_writable(args.out)  # before minutes of measuring
-    fit = measure(args.preset, seconds=args.probe_seconds, conv=args.conv)
+    fit = measure(args.preset, seconds=args.probe_seconds, conv=args.conv,
+                  **({"layerwise": True} if args.layerwise else {}))
     from ds2_helpers.model import architecture_table
 
     params = int(architecture_table(model_preset(args.preset))["parameters"].sum())  # no network built to count
@@ -163,6 +168,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     plan = make_plan(frame.duration.to_numpy(), fit, memory_gb=args.memory_gb, batch_size=args.batch_size or 64,
                      batch_seconds=args.batch_seconds, parameters=params,
                      fixed_batch=args.batch_size or train_preset(args.preset).batch_size)
+    plan["layerwise"] = bool(args.layerwise)
     print(format_plan(plan, list(frame.utterance_id)))
     if args.out:
         import json
@@ -336,8 +342,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from ds2_helpers.bench import Suite, write_results
     from ds2_helpers.experiments import experiments
 
-    if (args.micro_batches or args.whole_only) and not args.profile:
-        raise ParameterError("--micro-batches and --whole-only go with --profile (e.g. bench --profile --whole-only "
+    if (args.micro_batches or args.whole_only or args.layerwise) and not args.profile:
+        raise ParameterError("--micro-batches, --layerwise and --whole-only go with --profile (e.g. bench --profile --whole-only "
                              "--batch-sizes 16 --micro-batches 2 4 8)")
     if args.profile:
         from ds2_helpers import bench, step_profile
@@ -347,7 +353,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         recompute = () if args.quick or args.whole_only else (("conv",), ("rnn",))
         profile = step_profile.run(preset, batches, 2.0 if args.quick else bench.MEAN_SECONDS,
                                    recompute=recompute, micro_batches=tuple(args.micro_batches or ()),
-                                   parts=not args.whole_only, steps=args.steps or 2)
+                                   layerwise=args.layerwise, parts=not args.whole_only, steps=args.steps or 2)
         print(step_profile.table(profile).to_string(index=False))
         files = step_profile.write(profile, args.out)
         print("wrote", ", ".join(str(p) for p in files.values()))
@@ -577,6 +583,10 @@ def add_commands(sub) -> None:
                    help="run each batch in micro-batches of M utterances and update once from their summed "
                         "gradients: the same update with the memory of M utterances, slower per utterance "
                         "(`bench --profile --whole-only --micro-batches` measures it)")
+    p.add_argument("--layerwise", action="store_true",
+                   help="run the backward pass one layer at a time, each layer's forward recomputed from its kept "
+                        "input: the same gradients as the whole batch at once in a fraction of the memory, slower "
+                        "(`bench --profile --whole-only --layerwise` measures it)")
     p.add_argument("--feature-cache", metavar="DIR",
                    help="keep spectrograms on disk in DIR (one file per utterance; shareable between runs)")
     p.add_argument("--release-memory", choices=["auto", "always", "never"],
@@ -622,6 +632,8 @@ def add_commands(sub) -> None:
     p.add_argument("--batch-seconds", type=positive, help="plan this batch size instead of the largest that fits")
     p.add_argument("--probe-seconds", type=positive, default=10.0, help="utterance length of the measured steps")
     p.add_argument("--conv", choices=["native", "matmul"], default=DEFAULT_CONV, help="as `train --conv`")
+    p.add_argument("--layerwise", action="store_true",
+                   help="measure steps whose backward pass runs one layer at a time (as `train --layerwise`)")
     p.add_argument("--out", help="also write the plan as JSON here")
     p.set_defaults(func=cmd_plan)
 
@@ -688,6 +700,9 @@ def add_commands(sub) -> None:
     p.add_argument("--micro-batches", type=at_least(1), nargs="+", metavar="M",
                    help="with --profile: also the whole step at the largest batch run in micro-batches of M "
                         "utterances (gradient accumulation: train --micro-batch)")
+    p.add_argument("--layerwise", action="store_true",
+                   help="with --profile: also the whole step at the largest batch with its backward pass one layer "
+                        "at a time (train --layerwise)")
     p.add_argument("--whole-only", action="store_true",
                    help="with --profile: only whole steps (no parts, no recompute): e.g. --batch-sizes 16 "
                         "--micro-batches 2 4 8 compares gradient accumulation with the whole batch")

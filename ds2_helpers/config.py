@@ -206,6 +206,8 @@ class TrainConfig:
     batch_seconds: float | None = None  # padded audio seconds per batch (batch_size is then an upper bound)
     micro_batch: int | None = None  # run each batch in micro-batches of this many utterances, one update from their
                                     # summed gradients (less memory, more time: ds2_helpers.micro_batch)
+    layerwise: bool = False  # backward one layer at a time, each recomputed from its kept input (the same gradients
+                             # in less memory, a second forward pass: ds2_helpers.layerwise)
     epochs: int = 1
     mode: str = "graph"
     dynamic_shapes: bool = True  # Graph mode: one graph for every batch shape instead of one compile per shape
@@ -243,6 +245,11 @@ class TrainConfig:
         if self.micro_batch is not None and self.micro_batch > self.batch_size:
             raise ParameterError(f"micro batch {self.micro_batch} > batch size {self.batch_size}: every batch would "
                                  f"run at once; use 1 to {self.batch_size - 1}, or leave --micro-batch out")
+        if self.layerwise and self.micro_batch is not None:
+            raise ParameterError("layerwise and micro_batch together: choose one way to save memory (layerwise keeps "
+                                 "the batch's gradients exact, micro-batches change BatchNorm's statistics)")
+        if self.layerwise and self.mode.lower() != "graph":
+            raise ParameterError("layerwise steps run in mode 'graph' (each layer is a compiled graph)")
         if self.epochs < 1:
             raise ParameterError(f"epochs {self.epochs}: use 1 or more (0 would write an untrained checkpoint)")
         if not self.learning_rate > 0:

@@ -330,10 +330,13 @@ class DeepSpeech2(nn.Cell):
 
     def construct(self, x, lengths):
         out_lengths = self.output_lengths(lengths)
-        x = masked(x, _time_mask(lengths, x.shape[3], x.dtype))  # whatever sits in the padding, it reads as zeros
-        x = self.conv(x, out_lengths)
-        x = self.RNN(x, out_lengths)
+        x = self.RNN(self.front(x, lengths, out_lengths), out_lengths)
         return self.fc(x), out_lengths
+
+    def front(self, x, lengths, out_lengths):
+        """Spectrogram -> the RNN stack's input [T', N, F]: the convolution block on the masked input."""
+        x = masked(x, _time_mask(lengths, x.shape[3], x.dtype))  # whatever sits in the padding, it reads as zeros
+        return self.conv(x, out_lengths)
 
     def output_lengths(self, lengths):
         """Exact output frames after both convolutions (the module's `output_lengths`, inside the graph)."""

@@ -191,10 +191,14 @@ def format_plan(plan: dict, names: list[str] | None = None) -> str:
         f"for --feature-cache: about {plan['feature_cache_gb']:.1f} GB",
     ]
     m, n = plan.get("micro_batch", 0), plan.get("fixed_batch", plan["batch_size_limit"])
-    if 0 < m < n:
+    if plan.get("layerwise"):
+        lines.append("measured with the backward pass one layer at a time: train with --layerwise (no --micro-batch)")
+    elif 0 < m < n:
         lines.append(f"or fixed batches of {n} utterances: --batch-size {n} --micro-batch {m} (each batch run {m} "
                      "utterances at a time, one update from their summed gradients: the batch's update but for "
                      "BatchNorm's statistics, slower per utterance)")
+        lines.append(f"or fixed batches of {n} with the batch's exact update: --batch-size {n} --layerwise (the "
+                     "backward pass one layer at a time, each recomputed; its preflight measures whether it fits)")
     elif m >= n:
         lines.append(f"fixed batches of {n} utterances fit whole (no --micro-batch needed)")
     bad = plan["cannot_fit"]

@@ -180,11 +180,12 @@ def configs(preset: str = "paper", batch_sizes: tuple[int, ...] = (1, 16), secon
 
 
 def run(preset: str = "paper", batch_sizes: tuple[int, ...] = (1, 16), seconds: float = bench.MEAN_SECONDS, *,
-        recompute: tuple[tuple[str, ...], ...] = (), micro_batches: tuple[int, ...] = (), parts: bool = True,
-        steps: int = 2, progress: bool = True) -> dict:
+        recompute: tuple[tuple[str, ...], ...] = (), micro_batches: tuple[int, ...] = (), layerwise: bool = False,
+        parts: bool = True, steps: int = 2, progress: bool = True) -> dict:
     """Profile every part (unless `parts` is False) and the whole step at each batch size, and the whole step at
     the largest batch with each `recompute` choice (`bench.BenchConfig.recompute`: what MindSpore's Cell.recompute
-    saves) and in each size of `micro_batches` (gradient accumulation, ds2_helpers.micro_batch); the matmul rate
+    saves), in each size of `micro_batches` (gradient accumulation, ds2_helpers.micro_batch) and, with `layerwise`,
+    one layer at a time (ds2_helpers.layerwise); the matmul rate
     measured before and after, the higher kept (the floor must not flatter the parts).
     Returns {machine, rates, rows}."""
     before = bench.matmul_gflops()
@@ -199,11 +200,12 @@ def run(preset: str = "paper", batch_sizes: tuple[int, ...] = (1, 16), seconds: 
     if progress and any(m >= largest for m in micro_batches):
         print(f"micro-batches of {', '.join(str(m) for m in micro_batches if m >= largest)}: not smaller than the "
               f"largest batch ({largest}), so no different from it: not run", flush=True)
-    wholes = ([(b, (), None) for b in batch_sizes] + [(largest, kept, None) for kept in recompute]
-              + [(largest, (), m) for m in micro_batches if m < largest])
-    for b, kept, micro in wholes:
+    wholes = ([(b, (), None, False) for b in batch_sizes] + [(largest, kept, None, False) for kept in recompute]
+              + [(largest, (), m, False) for m in micro_batches if m < largest]
+              + ([(largest, (), None, True)] if layerwise else []))
+    for b, kept, micro, by_layer in wholes:
         whole = bench.BenchConfig(name="whole step", preset=preset, batch_size=b, seconds=seconds, recompute=kept,
-                                  micro_batch=micro)
+                                  micro_batch=micro, layerwise=by_layer)
         res = bench.run_isolated(whole, steps=steps, warmup=1)
         gflop = 0.0
         if "error" not in res:
@@ -212,9 +214,10 @@ def run(preset: str = "paper", batch_sizes: tuple[int, ...] = (1, 16), seconds: 
             gflop = training_flops_per_audio_second(whole.model_config()) / 1e9 * res["audio_seconds_per_step"]
             res = {**res, "peak_gb": res["peak_rss_mb"] / 1024,
                    "memory_gb": (res["step_peak_rss_mb"] - res["built_rss_mb"]) / 1024}
-        name = whole_step_name(kept, micro)
+        name = whole_step_name(kept, micro, by_layer)
         rows.append({"part": "whole step", "preset": preset, "batch_size": b, "seconds": seconds, "backward": True,
-                     "recompute": list(kept), "micro_batch": micro, "name": name, "gflop": gflop, **res})
+                     "recompute": list(kept), "micro_batch": micro, "layerwise": by_layer, "name": name,
+                     "gflop": gflop, **res})
         if progress:
             print(f"batch {b}, {name}: " + (f"{res['step_seconds']:.2f} s, peak {res['peak_gb']:.2f} GB"
                                             if "error" not in res else "failed: " + res["error"]), flush=True)
@@ -267,10 +270,10 @@ def rnn_reserve_bytes(cfg, frames: int, batch: int) -> float:
     return float(sum(per_frame[size] for size in sizes) * 2 * 4 * frames * batch)
 
 
-def whole_step_name(recompute: tuple[str, ...] = (), micro_batch: int | None = None) -> str:
-    """The row name of a whole step: plain (WHOLE_STEP), with recomputation, or in micro-batches."""
+def whole_step_name(recompute: tuple[str, ...] = (), micro_batch: int | None = None, layerwise: bool = False) -> str:
+    """The row name of a whole step: plain (WHOLE_STEP), with recomputation, in micro-batches or layer by layer."""
     return (WHOLE_STEP + "".join(f", recompute {RECOMPUTED[p]}" for p in recompute)
-            + (f", micro-batches of {micro_batch}" if micro_batch else ""))
+            + (f", micro-batches of {micro_batch}" if micro_batch else "") + (", layer by layer" if layerwise else ""))
 
 
 def table(profile: dict):

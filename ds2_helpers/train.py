@@ -16,6 +16,7 @@ from ds2_helpers import checkpoint as ckpt
 from ds2_helpers.config import ModelConfig, ParameterError, SpectConfig, TrainConfig, to_dict
 from ds2_helpers.dataset import Batch, SpeechData, make_batches, padded_seconds, shard
 from ds2_helpers.labels import BLANK_INDEX
+from ds2_helpers.layerwise import LayerwiseStep
 from ds2_helpers.micro_batch import AccumulatingStep
 from ds2_helpers.model import DeepSpeech2, freeze
 from ds2_helpers.optimizers import Update, build_optimizer, set_learning_rate
@@ -190,7 +191,12 @@ class Trainer:
                                  "Python, which one graph for every length cannot unroll ('Stack' of 0 inputs); use "
                                  "mode 'pynative', or for short inputs only TrainConfig(dynamic_shapes=False) "
                                  "(a graph per input shape: at 12.7 s it exceeded MindSpore's call depth)")
-        if train_cfg.micro_batch:
+        if train_cfg.layerwise:
+            if amp or loss_cell is not None or model_cfg.rnn_type.upper() != "LSTM":
+                raise ParameterError("layerwise steps train the plain network with the CTC loss in float32: no mixed "
+                                     "precision, distillation loss or GRU")
+            self.step_cell = LayerwiseStep(self.loss_net, self.optimizer, train_cfg.max_grad_norm, world, dynamic)
+        elif train_cfg.micro_batch:
             self.step_cell = AccumulatingStep(self.loss_net, self.optimizer, train_cfg.max_grad_norm,
                                               train_cfg.micro_batch, world,
                                               dynamic_inputs(model_cfg.n_bins) if dynamic else None)
@@ -311,7 +317,7 @@ class Trainer:
     def step(self, batch: Batch) -> float:
         """One training step on a prepared batch; returns the loss."""
         self.net.set_train(True)
-        if isinstance(self.step_cell, AccumulatingStep):
+        if isinstance(self.step_cell, (AccumulatingStep, LayerwiseStep)):
             loss = self.step_cell.run(batch)
         else:
             loss = float(self.step_cell(ms.Tensor(batch.x), ms.Tensor(batch.x_len), ms.Tensor(batch.y),

@@ -12,7 +12,7 @@ from ds2_helpers.plan import accumulator_bytes
 from ds2_helpers.train import Trainer, TrainStep, dynamic_inputs, set_mode
 
 from conftest import fresh_process_json
-from test_train import TINY, tiny_cfg, weights
+from test_train import TINY, assert_one_step_like_the_plain_step, tiny_cfg
 
 
 def _batch(n=5, frames=9, bins=6, seed=0):
@@ -91,16 +91,7 @@ def test_a_nan_left_in_the_sums_does_not_reach_the_next_update():
 
 
 def test_trainer_with_one_micro_batch_matches_the_plain_step(tiny_corpus, tmp_path):
-    data = SpeechData(tiny_corpus / "train.csv")
-    batch = data.batch([0, 1, 2, 3], pad_multiple=64)
-    plain = Trainer(TINY, tiny_cfg(mode="graph"), tmp_path / "a", rank=0, world=1)
-    one = Trainer(TINY, tiny_cfg(mode="graph", micro_batch=4), tmp_path / "b", rank=0, world=1)
-    before = weights(plain)
-    assert plain.step(batch) == pytest.approx(one.step(batch), rel=1e-5)
-    after_plain, after_one = weights(plain), weights(one)
-    assert any(np.abs(after_plain[k] - before[k]).max() > 0 for k in before)
-    for k in after_plain:
-        np.testing.assert_allclose(after_one[k], after_plain[k], rtol=1e-4, atol=1e-6, err_msg=k)
+    assert_one_step_like_the_plain_step(tiny_corpus, tmp_path, micro_batch=4)
 
 
 def test_loss_falls_with_micro_batches(tiny_corpus, tmp_path):

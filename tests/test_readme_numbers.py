@@ -306,6 +306,31 @@ def test_the_micro_batch_sentence_quotes_its_reference(phrase, values):
     assert_quoted(phrase, *values())
 
 
+LAYERWISE = json.loads(repo_path("data", "layerwise_reference_2core.json").read_text())
+
+
+def layer_row(micro=None, layerwise=False):
+    """The layerwise reference's batch-16 whole step: at once, in micro-batches of `micro`, or layer by layer."""
+    return next(r for r in LAYERWISE["rows"] if r["batch_size"] == 16 and r.get("micro_batch") == micro
+                and bool(r.get("layerwise")) == layerwise)
+
+
+def _per_padded_second(row):
+    return row["peak_gb"] * 1024 / row["audio_seconds_per_step"]
+
+
+def test_the_layerwise_sentence_quotes_its_reference():
+    whole, micro2, layer = layer_row(), layer_row(2), layer_row(layerwise=True)
+    assert_quoted("at once {} s per step and a {} GB peak ({} MB per padded audio second)",
+                  whole["step_seconds"], whole["peak_gb"], _per_padded_second(whole))
+    assert_quoted("in micro-batches of 2, {}x the time and {} GB",
+                  micro2["step_seconds"] / whole["step_seconds"], micro2["peak_gb"])
+    assert_quoted("layer by layer, {}x the time and {} GB ({} MB per padded audio second)",
+                  layer["step_seconds"] / whole["step_seconds"], layer["peak_gb"], _per_padded_second(layer))
+    # "in a fraction of its memory" (the training section): less than half the whole batch's peak
+    assert layer["peak_gb"] < whole["peak_gb"] / 2
+
+
 EXPAND = json.loads(repo_path("data", "expand_reference_2core.json").read_text())
 
 
@@ -402,3 +427,20 @@ def test_the_rehearsal_paragraphs_words_agree_with_its_reference():
     assert REHEARSAL["export_ok"] and ("dynamic time axis (any length)" in text) == (REHEARSAL["export_frames"] is None)
     # "training peaked at ..." within what plan's line allowed for the batch it chose
     assert _training_peak() <= REHEARSAL["plan"]["peak_gb"]
+
+
+RACE = json.loads(repo_path("data", "race_reference_2core.json").read_text())
+
+
+def test_the_race_paragraph_quotes_each_contestants_last_evaluation():
+    last = {}
+    for row in RACE["curve"]:
+        last[row["name"]] = row
+    mini, one, narrow, half = (last[c["name"]] for c in RACE["configs"])
+    assert_quoted("(2 x BiLSTM-192) reached CER {};", mini["cer"])
+    assert_quoted("but ended at {}; 2 x BiLSTM-96", one["cer"])
+    assert_quoted("2 x BiLSTM-96 ended worst ({});", narrow["cer"])
+    assert_quoted("ran the most steps, over more passes of its data, and ended best ({})", half["cer"])
+    assert narrow["cer"] == max(r["cer"] for r in last.values()) and half["cer"] == min(r["cer"] for r in last.values())
+    assert half["step"] == max(r["step"] for r in last.values())
+    assert half["epoch"] > max(r["epoch"] for r in (mini, one, narrow))

@@ -23,6 +23,21 @@ def weights(trainer):
     return {p.name: p.asnumpy().copy() for p in trainer.net.get_parameters()}
 
 
+def assert_one_step_like_the_plain_step(corpus, tmp_path, **step_options):
+    """A Graph-mode Trainer with `step_options` (another way of running the step) takes the plain step's update:
+    the same loss and the same weights after one step on four utterances. Returns that trainer."""
+    batch = SpeechData(corpus / "train.csv").batch([0, 1, 2, 3], pad_multiple=64)
+    plain = Trainer(TINY, tiny_cfg(mode="graph"), tmp_path / "plain", rank=0, world=1)
+    other = Trainer(TINY, tiny_cfg(mode="graph", **step_options), tmp_path / "other", rank=0, world=1)
+    before = weights(plain)
+    assert plain.step(batch) == pytest.approx(other.step(batch), rel=1e-5)
+    after_plain, after_other = weights(plain), weights(other)
+    assert any(np.abs(after_plain[k] - before[k]).max() > 0 for k in before)
+    for k in after_plain:
+        np.testing.assert_allclose(after_other[k], after_plain[k], rtol=1e-4, atol=1e-6, err_msg=k)
+    return other
+
+
 def test_batches_sortagrad_then_bucketed_shuffle_and_sharding():
     durations = np.array([5.0, 1.0, 3.0, 2.0, 4.0, 6.0, 0.5, 7.0])
     first = make_batches(durations, 2, epoch=0, seed=1)
