@@ -169,6 +169,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
                      batch_seconds=args.batch_seconds, parameters=params,
                      fixed_batch=args.batch_size or train_preset(args.preset).batch_size)
     plan["layerwise"] = bool(args.layerwise)
+    if args.layerwise:  # refused with --layerwise: no micro-batch to plan
+        plan["micro_batch"] = None
     print(format_plan(plan, list(frame.utterance_id)))
     if args.out:
         import json

@@ -17,8 +17,9 @@ Here the step is a short program of separate graphs instead:
 
 The gradients are those of one graph (tests/test_layerwise.py compares them), at the cost of a second forward pass
 of each layer. The layers' weights enter their graphs as plain tensors: passed as Parameters, each layer's distinct
-Parameters made MindSpore keep about 1 GB more per backward call (probe: 1,024 units, 16 x 636 frames). Frozen layers
-(`TrainConfig.freeze_conv`, `freeze_rnn_layers`) are not recomputed: the backward pass stops above them.
+Parameters made MindSpore keep about 1 GB more per backward call (probe: 1,024 units, 16 x 636 frames). The backward
+pass stops at the lowest layer that trains: with `TrainConfig.freeze_conv` the frozen layers below it are not
+recomputed; frozen RNN layers under a convolution block that trains are (the gradient has to pass through them).
 """
 
 from __future__ import annotations
@@ -223,8 +224,8 @@ class LayerwiseStep:
     @staticmethod
     def _free(result):
         """`result` once its graph has run and the memory MindSpore kept for that graph is given back: each graph
-        keeps its own buffers (probe, paper, 16 x 12.7 s: a 10.2 GB peak without this, 6.7 GB with it, and no
-        slower: 66-81 against 59-63 s per step)."""
+        keeps its own buffers (paper, 16 x 12.7 s: a 10.2 GB peak without this in a probe, 7.4 GB with it in
+        data/layerwise_reference_2core.json)."""
         ms.ms_memory_recycle()
         return result
 

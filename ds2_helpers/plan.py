@@ -242,8 +242,9 @@ def preflight(preset: str, batch: int, frames: int, *, memory_gb: float | None =
 
     peak = result["peak_rss_mb"] / 1024
     if peak * (1 + TrainConfig().memory_slack) > memory_gb * (1 - HEADROOM / 2):
+        keep = ("" if options.get("layerwise") else ", or keep the batch and run it in micro-batches (--micro-batch) "
+                "or one layer at a time (--layerwise)")
         raise PreflightError(f"{what} needs {peak:.1f} GB at its peak, {memory_gb:.1f} GB are available: lower "
-                             "--batch-seconds, or keep the batch and run it in micro-batches (--micro-batch; "
-                             "`python -m ds2_helpers plan` prints both)")
+                             f"--batch-seconds{keep} (`python -m ds2_helpers plan` measures what fits)")
     return {"batch": batch, "frames": frames, "peak_gb": peak, "step_seconds": result["step_seconds"],
             "memory_available_gb": memory_gb}

@@ -250,7 +250,7 @@ OTHER_COMMANDS = [  # (case, argv from a tmp folder and the tiny corpus, words o
     ("transcribe a missing file", lambda t, c: ["transcribe", "--checkpoint", MINI, t / "gone.wav"],
      ["gone.wav", "no such audio file"]),
     ("bench --micro-batches without --profile", lambda t, c: ["bench", "--micro-batches", "2", "--out", t / "b"],
-     ["--micro-batches and --whole-only go with --profile"]),
+     ["--micro-batches, --layerwise and --whole-only go with --profile"]),
     ("export under a regular file",
      lambda t, c: ["export", "--checkpoint", MINI, "--frames", "200", "--out", _under_a_file(t)],
      ["file", "choose another path"]),

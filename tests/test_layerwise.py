@@ -1,5 +1,6 @@
 """The backward pass one layer at a time: the gradients of one graph, one BatchNorm update, less memory."""
 
+import re
 from dataclasses import replace
 
 import mindspore as ms
@@ -103,7 +104,7 @@ def test_the_plan_names_layerwise_steps():
     plan = make_plan(np.array([2.0, 5.0, 24.0]), fit, memory_gb=12.0, headroom=0.25, batch_size=64, slack=0.0)
     assert "--batch-size 64 --layerwise" in format_plan(plan)  # offered beside micro-batches
     text = format_plan({**plan, "layerwise": True})  # measured layer by layer: no micro-batch advice
-    assert "train with --layerwise" in text and "--micro-batch 5" not in text
+    assert "train with --layerwise" in text and not re.search(r"--micro-batch \d", text)
 
 
 _PEAK = """
