@@ -158,8 +158,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         from ds2_helpers.atomic import check_writable
 
         check_writable(args.out)  # before minutes of measuring
-    fit = measure(args.preset, seconds=args.probe_seconds, conv=args.conv,
-                  **({"layerwise": True} if args.layerwise else {}))
+    fit = measure(args.preset, seconds=args.probe_seconds, conv=args.conv, layerwise=args.layerwise)
     from ds2_helpers.model import architecture_table
 
     params = int(architecture_table(model_preset(args.preset))["parameters"].sum())  # no network built to count
@@ -167,10 +166,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     plan = make_plan(frame.duration.to_numpy(), fit, memory_gb=args.memory_gb, batch_size=args.batch_size or 64,
                      batch_seconds=args.batch_seconds, parameters=params,
-                     fixed_batch=args.batch_size or train_preset(args.preset).batch_size)
-    plan["layerwise"] = bool(args.layerwise)
-    if args.layerwise:  # refused with --layerwise: no micro-batch to plan
-        plan["micro_batch"] = None
+                     fixed_batch=args.batch_size or train_preset(args.preset).batch_size, layerwise=args.layerwise)
     print(format_plan(plan, list(frame.utterance_id)))
     if args.out:
         import json

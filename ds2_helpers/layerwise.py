@@ -27,6 +27,7 @@ from __future__ import annotations
 import mindspore as ms
 from mindspore import nn, ops
 
+from ds2_helpers.config import ParameterError
 from ds2_helpers.dataset import Batch
 from ds2_helpers.model import DeepSpeech2
 from ds2_helpers.optimizers import Update
@@ -139,13 +140,12 @@ class LayerwiseStep:
 
     def __init__(self, loss_net: nn.Cell, optimizer: nn.Optimizer, max_grad_norm: float, world: int = 1,
                  dynamic: bool = True) -> None:
-        net = loss_net.net
-        if not isinstance(net, DeepSpeech2) or not hasattr(loss_net, "per_utterance"):
-            raise ValueError("layerwise steps need train.CTCLossNet around a DeepSpeech2 (no mixed precision, "
-                             "no distillation loss)")
-        if not net.RNN.is_lstm:
-            raise ValueError("layerwise steps need an LSTM (the kernel's inference mode is what they use)")
-        self.net, self.optimizer = net, optimizer
+        net = getattr(loss_net, "net", None)  # train.CTCLossNet's; mixed precision wraps it, distillation has none
+        if not isinstance(net, DeepSpeech2) or not hasattr(loss_net, "per_utterance") or not net.RNN.is_lstm:
+            raise ParameterError("layerwise steps train the plain network with the CTC loss in float32: no mixed "
+                                 "precision, distillation loss or GRU (the LSTM kernel's inference mode is what "
+                                 "they use)")
+        self.net = net
         trainable = {p.name for p in optimizer.parameters}
         hidden, n_bins = net.cfg.hidden_size, net.cfg.n_bins
         self.layers = []  # each layer's 8 Parameters (WEIGHTS), bottom to top
@@ -164,6 +164,7 @@ class LayerwiseStep:
         self.head = _HeadBackward(Head(loss_net), ms.ParameterTuple(self.fc_weights))
         self.front_backward = _FrontBackward(self.front, ms.ParameterTuple(self.conv_weights)) \
             if self.conv_weights else None
+        self.lowest = self._lowest_trainable()
         self.update = Update(optimizer, max_grad_norm, world)
         self.order = [p.name for p in optimizer.parameters]
         if dynamic:
@@ -207,14 +208,13 @@ class LayerwiseStep:
             h = self._free(self.forward_cells[h.shape[2]](h, out_len, *self._values(ws)))
         loss, (dh, fc_grads) = self._free(self.head(h, out_len, ms.Tensor(batch.y), ms.Tensor(batch.y_len)))
         grads = dict(zip([p.name for p in self.fc_weights], fc_grads))
-        lowest = self._lowest_trainable()
-        for k in range(len(self.layers) - 1, max(lowest, 0) - 1, -1):
+        for k in range(len(self.layers) - 1, max(self.lowest, 0) - 1, -1):
             ws, h = self.layers[k], inputs[k]
             dx, _, *dws = self._free(self.backward_cells[h.shape[2]](h, out_len, *self._values(ws), dh))
             if self.rnn_trainable[k]:
                 grads.update(zip([p.name for p in ws], dws))
             dh = dx
-        if lowest == -1:  # the convolution block trains: its forward again, its moving averages kept as they were
+        if self.lowest == -1:  # the convolution block trains: its forward again, its moving averages kept as they were
             saved = [p.value().copy() for p in self.moving]
             grads.update(zip([p.name for p in self.conv_weights], self._free(self.front_backward(x, x_len, dh))))
             for p, value in zip(self.moving, saved):

@@ -116,8 +116,10 @@ def librispeech_disk(subsets=("train-clean-100", "dev-clean", "test-clean"), *, 
 def make_plan(durations, fit: MemoryFit, *, memory_gb: float | None = None, batch_size: int = 64,
               batch_seconds: float | None = None, parameters: int = 86_608_096, keep_last: int = 3,
               pad_multiple: int = 64, headroom: float = HEADROOM, slack: float | None = None,
-              fixed_batch: int | None = None) -> dict:
+              fixed_batch: int | None = None, layerwise: bool = False) -> dict:
     """Batch seconds that fit, steps and hours per epoch, peak memory, checkpoint disk, utterances that cannot fit.
+
+    `layerwise`: `fit` was measured on layerwise steps (TrainConfig.layerwise), which take no micro-batches.
 
     `slack`: training gives MindSpore's per-shape memory back once it has grown by this share (TrainConfig's
     `memory_slack`), so a step's measured peak may be exceeded by that much between two releases."""
@@ -150,8 +152,9 @@ def make_plan(durations, fit: MemoryFit, *, memory_gb: float | None = None, batc
         "checkpoint_disk_gb": checkpoint_disk_gb(parameters, keep_last),
         "feature_cache_gb": feature_cache_gb(float(durations.sum() / 3600)),
         "cannot_fit": too_long, "probes": fit.probes,
-        "fixed_batch": fixed_batch,
-        "micro_batch": micro_batch_that_fits(fit, budget, max(fitting, default=0.0), fixed_batch, parameters),
+        "fixed_batch": fixed_batch, "layerwise": layerwise,
+        "micro_batch": None if layerwise else micro_batch_that_fits(fit, budget, max(fitting, default=0.0),
+                                                                     fixed_batch, parameters),
     }
 
 

@@ -192,9 +192,6 @@ class Trainer:
                                  "mode 'pynative', or for short inputs only TrainConfig(dynamic_shapes=False) "
                                  "(a graph per input shape: at 12.7 s it exceeded MindSpore's call depth)")
         if train_cfg.layerwise:
-            if amp or loss_cell is not None or model_cfg.rnn_type.upper() != "LSTM":
-                raise ParameterError("layerwise steps train the plain network with the CTC loss in float32: no mixed "
-                                     "precision, distillation loss or GRU")
             self.step_cell = LayerwiseStep(self.loss_net, self.optimizer, train_cfg.max_grad_norm, world, dynamic)
         elif train_cfg.micro_batch:
             self.step_cell = AccumulatingStep(self.loss_net, self.optimizer, train_cfg.max_grad_norm,

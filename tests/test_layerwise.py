@@ -103,7 +103,10 @@ def test_the_plan_names_layerwise_steps():
     fit = MemoryFit(base_gb=2.0, gb_per_second=0.05, step_seconds_per_second=0.5)
     plan = make_plan(np.array([2.0, 5.0, 24.0]), fit, memory_gb=12.0, headroom=0.25, batch_size=64, slack=0.0)
     assert "--batch-size 64 --layerwise" in format_plan(plan)  # offered beside micro-batches
-    text = format_plan({**plan, "layerwise": True})  # measured layer by layer: no micro-batch advice
+    layerwise = make_plan(np.array([2.0, 5.0, 24.0]), fit, memory_gb=12.0, headroom=0.25, batch_size=64, slack=0.0,
+                          layerwise=True)
+    assert layerwise["layerwise"] and layerwise["micro_batch"] is None
+    text = format_plan(layerwise)  # measured layer by layer: no micro-batch advice
     assert "train with --layerwise" in text and not re.search(r"--micro-batch \d", text)
 
 
