@@ -28,7 +28,7 @@ $(STAMP): pyproject.toml
 
 corpus: $(MINI_STAMP)
 $(MINI_STAMP): $(STAMP) ds2_helpers/minicorpus.py ds2_helpers/espeak.py
-	$(BIN)/python -m ds2_helpers minicorpus --out $(MINI) --quiet
+	$(BIN)/python -m ds2_helpers minicorpus --out $(MINI) --quiet --overwrite
 	touch $(MINI_STAMP)
 
 notebooks: $(STAMP) $(MINI_STAMP)  ## run every notebook top to bottom; executed copies go to build/notebooks

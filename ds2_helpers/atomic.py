@@ -97,3 +97,21 @@ def check_writable(path: str | Path) -> Path:
     os.close(fd)
     os.unlink(probe)
     return path
+
+
+class ExistingResultError(FileExistsError):
+    """A command's result would replace an earlier one (a measurement, a model): its message names the file
+    and the ways out."""
+
+
+def check_new(path: str | Path, *, overwrite: bool, what: str = "an earlier result") -> Path:
+    """Before long work whose result goes to `path`: refuse to replace it unless `overwrite` (hours of
+    measurement or training would be lost silently), and refuse a file where a folder should be; then
+    `check_writable`. ExistingResultError names the path and the fix."""
+    path = Path(path)
+    blocker = next((p for p in path.parents if p.is_file()), None)
+    if blocker is not None:
+        raise ExistingResultError(f"{blocker}: is a file, not a folder; choose another --out")
+    if path.exists() and not overwrite:
+        raise ExistingResultError(f"{path}: holds {what}; choose another --out, or pass --overwrite to replace it")
+    return check_writable(path)

@@ -40,6 +40,7 @@ import numpy as np
 from mindspore import nn
 
 from ds2_helpers.atomic import atomic_write_path
+from ds2_helpers.config import MODEL_PRESETS
 from ds2_helpers.download import download
 from ds2_helpers.errors import CheckpointError
 
@@ -85,6 +86,11 @@ def read(path: str | Path) -> tuple[dict[str, np.ndarray], dict]:
     if not path.exists():
         raise CheckpointError(f"{path}: no such checkpoint; train one or download it "
                               "(`python -m ds2_helpers pretrained download`)")
+    if path.is_dir():
+        steps, others = checkpoints_in(path), sorted(path.glob("*.ckpt"))
+        raise CheckpointError(f"{path}: is a folder; pass a checkpoint file" + (
+            f", e.g. the run's newest, {steps[-1]}" if steps else f", e.g. {others[0]}" if others
+            else " (it holds no .ckpt files)"))
     try:
         raw = ms.load_checkpoint(str(path))
     except Exception as exc:  # noqa: BLE001 - MindSpore raises ValueError/RuntimeError for corrupt files
@@ -121,8 +127,39 @@ def check_compatible(net: nn.Cell, arrays: dict[str, np.ndarray], source: str = 
             hint = " (flat MindSpore 1.x LSTM weights: convert with `python -m ds2_helpers pretrained convert`)"
         elif any("shape of" in p for p in problems):
             hint = " (is the --preset right? paper and mini differ in size)"
+            other, asked = architecture(have), architecture_of_config(getattr(net, "cfg", None))
+            if other and asked and other != asked:
+                fits = {arch: [n for n, c in MODEL_PRESETS.items() if architecture_of_config(c) == arch]
+                        for arch in (other, asked)}
+                named = {arch: describe(arch) + (f" (the `{fits[arch][0]}` preset)" if fits[arch] else "")
+                         for arch in (other, asked)}
+                if fits[other]:  # the usual mistake: the other preset's checkpoint; one line says which
+                    raise CheckpointError(f"{source}: its network has {named[other]}, the one asked for "
+                                          f"{named[asked]}; pass --preset {fits[other][0]} or leave --preset out "
+                                          "(this workbook's checkpoints record their preset)")
+                hint = f" (its network has {named[other]}, the one asked for {named[asked]})"
         raise CheckpointError(f"{source} does not fit the network{hint}:\n  " + "\n  ".join(problems[:40])
                               + (f"\n  ... and {len(problems) - 40} more" if len(problems) > 40 else ""))
+
+
+def architecture(arrays: dict) -> tuple | None:
+    """(convolution channels, RNN layers, hidden units) of the network whose arrays (or shapes) these are; None
+    when the names are not this network's (flat 1.x weights, another model)."""
+    shape = {k: tuple(getattr(v, "shape", v)) for k, v in arrays.items()}
+    layers = {int(m.group(1)) for k in shape if (m := re.match(r"RNN\.lstms\.(\d+)\.weight_hh_l0$", k))}
+    if "conv.conv1.weight" not in shape or not layers:
+        return None
+    return shape["conv.conv1.weight"][0], max(layers) + 1, shape["RNN.lstms.0.weight_hh_l0"][1]
+
+
+def architecture_of_config(cfg) -> tuple | None:
+    """`architecture` of a ModelConfig (None for anything else)."""
+    return (cfg.conv_channels, cfg.hidden_layers, cfg.hidden_size) if hasattr(cfg, "hidden_size") else None
+
+
+def describe(arch: tuple) -> str:
+    """'8-channel convolutions and 2 RNN layers of 192 units'."""
+    return f"{arch[0]}-channel convolutions and {arch[1]} RNN layers of {arch[2]} units"
 
 
 def load_into(net: nn.Cell, path: str | Path, *, convert: bool = True) -> dict:

@@ -10,10 +10,15 @@ from pathlib import Path
 from ds2_helpers import paths
 
 
+INTERNAL_COMMANDS = ("bench-one", "profile-one")
+
+
 class Parser(argparse.ArgumentParser):
     """argparse with the one error format of every other failure: `error: ...` (exit 2), after the usage."""
 
     def error(self, message: str):
+        for internal in INTERNAL_COMMANDS:  # child-process commands: not for users, so not offered
+            message = message.replace(f", {internal!r}", "")
         self.print_usage(sys.stderr)
         self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
 
@@ -60,11 +65,14 @@ def cmd_minicorpus(args: argparse.Namespace) -> int:
     """Synthesise the embedded mini corpus and its manifests (--unseen-voices: the held-out voices' test set)."""
     from ds2_helpers.config import ParameterError
     from ds2_helpers.librispeech import build_manifest
-    from ds2_helpers.minicorpus import SPLITS, build_librispeech_like, build_minicorpus, build_unseen_voices
+    from ds2_helpers.minicorpus import (SPLITS, build_librispeech_like, build_minicorpus, build_unseen_voices,
+                                        clear_earlier_build)
 
+    if args.unseen_voices and args.profile != "mini":
+        raise ParameterError("--unseen-voices builds its own short test set: leave out --profile")
+    for path in clear_earlier_build(args.out, ("test",) if args.unseen_voices else SPLITS, overwrite=args.overwrite):
+        print(f"--overwrite: removed {path} (earlier build)")
     if args.unseen_voices:
-        if args.profile != "mini":
-            raise ParameterError("--unseen-voices builds its own short test set: leave out --profile")
         counts = build_unseen_voices(args.out, speakers=args.speakers or 8,
                                      utterances_per_speaker=args.utterances_per_speaker or 10, seed=args.seed,
                                      progress=not args.quiet)
@@ -122,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="python -m ds2_helpers", description=__doc__)
     parser.add_argument("--debug", action="store_true",
                         help="show the Python traceback of a failure instead of one error line")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="<command>")  # hides the internal ones
 
     p = sub.add_parser("minicorpus", help="synthesise the embedded mini corpus (LibriSpeech layout)")
     p.add_argument("--out", default=str(paths.mini_corpus_dir()))
@@ -138,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hours", type=positive, default=1.0, help="hours of train audio for --profile librispeech")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="--out holds an earlier build: delete it first")
     p.set_defaults(func=cmd_minicorpus)
 
     p = sub.add_parser("librispeech", help="LibriSpeech archives")
@@ -163,12 +172,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_model_commands(sub) -> None:
-    """Training, evaluation and export commands (their modules import MindSpore lazily)."""
+    """Training, evaluation, export and measuring commands (their modules import MindSpore lazily)."""
     try:
-        from ds2_helpers import cli_model
+        from ds2_helpers import cli_measure, cli_model
     except ImportError:  # pragma: no cover - only while the package is half-installed
         return
     cli_model.add_commands(sub)
+    cli_measure.add_commands(sub)
 
 
 OS_ERROR_FIXES = {

@@ -1,5 +1,6 @@
 """The exception types whose message already names the file and the fix (the CLI prints them plainly)."""
 
+from ds2_helpers.atomic import ExistingResultError
 from ds2_helpers.config import ParameterError
 from ds2_helpers.download import DownloadError
 from ds2_helpers.espeak import SynthesisError
@@ -24,4 +25,4 @@ class ExportError(RuntimeError):
 
 USER_ERRORS: tuple[type[Exception], ...] = (ParameterError, DownloadError, SynthesisError, AudioError, LabelError,
                                             ManifestError, CheckpointError, DecoderError, ExportError,
-                                            RunFolderError, FileNotFoundError)
+                                            RunFolderError, ExistingResultError, FileNotFoundError)

@@ -11,6 +11,7 @@ past the true length, but a 2 s utterance then costs as much as a `frames` one).
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import mindspore as ms
@@ -40,12 +41,21 @@ def sidecar(path: str | Path) -> Path:
     return Path(str(path) + ".json")
 
 
+def export_path(out: str | Path, file_format: str = "MINDIR") -> Path:
+    """The file an export to `out` writes: `out` with .mindir (.onnx) added unless it ends so. A folder (one that
+    exists, or a path ending in a slash) is refused with ExportError: the model needs a file name."""
+    ext = "." + file_format.lower()
+    if str(out).endswith(("/", os.sep)) or Path(out).is_dir():
+        raise ExportError(f"{out}: is a folder; give the model a file name, e.g. --out {Path(out) / ('model' + ext)}")
+    out = Path(out)
+    return out if out.suffix == ext else Path(str(out) + ext)
+
+
 def export_mindir(net: DeepSpeech2, out: str | Path, *, frames: int | None = None, spect: dict | None = None) -> Path:
     """Write `out` (.mindir) for batch-1 inputs of any length (`frames` None) or of exactly `frames` frames, plus
     its JSON sidecar; returns the path."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    stem = out.with_suffix("") if out.suffix == ".mindir" else out
+    path = export_path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
     infer = InferenceNet(net)
     infer.set_train(False)
     if frames is None:
@@ -54,7 +64,6 @@ def export_mindir(net: DeepSpeech2, out: str | Path, *, frames: int | None = Non
     else:
         x = ms.Tensor(np.zeros((1, 1, net.cfg.n_bins, frames), np.float32))
         lengths = ms.Tensor(np.array([frames], np.int32))
-    path = Path(str(stem) + ".mindir")
 
     def write(tmp: Path) -> None:  # a full disk or a kill leaves no half-written model under the real name
         ms.export(infer, x, lengths, file_name=str(tmp), file_format="MINDIR")
@@ -74,12 +83,13 @@ def _attempt_export(net: DeepSpeech2, out: str | Path, x, lengths, file_format: 
     """Export, reporting instead of raising: (True, path) or (False, MindSpore's first line of refusal)."""
     infer = InferenceNet(net)
     infer.set_train(False)
-    stem = Path(out).with_suffix("")
+    path = export_path(out, file_format)
+    stem = path.with_suffix("")  # MindSpore adds the extension
     try:
         ms.export(infer, x, lengths, file_name=str(stem), file_format=file_format)
     except Exception as exc:  # noqa: BLE001 - we report whatever MindSpore says
         return False, str(exc).strip().splitlines()[0]
-    return True, f"{stem}.{file_format.lower()}"
+    return True, str(path)
 
 
 def export_onnx(net: DeepSpeech2, out: str | Path, *, frames: int = 3600) -> tuple[bool, str]:

@@ -285,7 +285,36 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
     if frame.empty:
         raise ManifestError(f"{path}: lists no utterances, only the header; rebuild it with "
                             "`python -m ds2_helpers manifest` and read the `skipped:` lines it prints")
+    _check_rows(path, frame)
     return frame
+
+
+def _row(path: Path, frame: pd.DataFrame, i: int) -> str:
+    """'FILE, row N (utterance ID)' for the i-th data row: N counts lines as an editor shows them (header = 1)."""
+    return f"{path}, row {i + 2} (utterance {frame.utterance_id.iloc[i]})"
+
+
+def _check_rows(path: Path, frame: pd.DataFrame) -> None:
+    """Durations must be positive numbers and transcripts speakable by the 29-symbol alphabet; else one
+    ManifestError naming the first bad row and how many more there are. Turns durations into floats."""
+    seconds = pd.to_numeric(frame.duration, errors="coerce")
+    bad = [i for i, s in enumerate(seconds) if not s > 0]  # NaN (not a number) fails too
+    if bad:
+        more = f" ({len(bad) - 1} more rows like it)" if len(bad) > 1 else ""
+        raise ManifestError(f"{_row(path, frame, bad[0])}: duration {frame.duration.iloc[bad[0]]!r} is not a "
+                            f"positive number of seconds{more}; rebuild the manifest with "
+                            "`python -m ds2_helpers manifest`, which reads each duration from its audio file")
+    frame["duration"] = seconds.astype(float)
+    unknown = [(i, unknown_characters(normalise_text(t))) for i, t in enumerate(frame.transcript)]
+    unknown = [(i, chars) for i, chars in unknown if chars]
+    if unknown:
+        i, chars = unknown[0]
+        more = f" ({len(unknown) - 1} more rows like it)" if len(unknown) > 1 else ""
+        hint = "spell numbers out as LibriSpeech does (12 -> TWELVE)" if any(c.isdigit() for c in chars) else \
+            "rewrite them with letters, spaces and apostrophes"
+        raise ManifestError(f"{_row(path, frame, i)}: the transcript {frame.transcript.iloc[i]!r} has characters "
+                            f"the model's alphabet cannot write ({' '.join(sorted(chars))}){more}; {hint}, or "
+                            "remove the row (`python -m ds2_helpers manifest` skips such utterances)")
 
 
 def write_zoo_manifest(manifest: pd.DataFrame, out: str | Path, txt_dir: str | Path | None = None) -> Path:

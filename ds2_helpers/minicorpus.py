@@ -133,6 +133,25 @@ def to_16k(samples: np.ndarray, sample_rate: int) -> np.ndarray:
     return scipy.signal.resample_poly(audio, 320, 441).astype(np.float32)
 
 
+def clear_earlier_build(out: str | Path, splits: tuple[str, ...] = SPLITS, *, overwrite: bool) -> list[Path]:
+    """A corpus built into a folder that holds an earlier build would mix the two (other speakers, sentences or
+    sizes under the same split folders): refuse with ParameterError, or with `overwrite` delete that build's
+    split folders, manifests and SPEAKERS.TXT (nothing else in `out`). Returns what was deleted."""
+    import shutil
+
+    out = Path(out)
+    earlier = [out / s for s in splits if (out / s).is_dir() and any((out / s).iterdir())]
+    if not earlier:
+        return []
+    if not overwrite:
+        raise ParameterError(f"{out}: holds an earlier corpus ({', '.join(p.name + '/' for p in earlier)}); a new "
+                             "build would mix with it: choose another --out, or pass --overwrite to delete it first")
+    removed = earlier + [p for p in [out / f"{s}.csv" for s in splits] + [out / "SPEAKERS.TXT"] if p.is_file()]
+    for path in removed:
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    return removed
+
+
 def build_minicorpus(out: str | Path, *, speakers: int = 32, utterances_per_speaker: int = 50, seed: int = 0,
                      progress: bool = True) -> dict[str, int]:
     """Synthesise the corpus into `out`/<split>/<speaker>/<chapter>/ with trans.txt files and SPEAKERS.TXT."""

@@ -21,6 +21,7 @@ import pandas as pd
 
 from ds2_helpers.atomic import atomic_write_text
 from ds2_helpers.bench import provenance
+from ds2_helpers.config import ParameterError
 
 
 @dataclass(frozen=True)
@@ -70,9 +71,14 @@ def run_step(name: str, args: list[str], log: Path, *, kill_when=None) -> dict:
     return result
 
 
-def rehearse(out: str | Path, cfg: RehearsalConfig = RehearsalConfig(), *, progress: bool = True) -> dict:
-    """Build the corpus, then plan, train, kill, resume, evaluate the longest utterances and export."""
+def rehearse(out: str | Path, cfg: RehearsalConfig = RehearsalConfig(), *, progress: bool = True,
+             overwrite: bool = False) -> dict:
+    """Build the corpus, then plan, train, kill, resume, evaluate the longest utterances and export. A folder
+    that holds anything (an earlier rehearsal) is refused unless `overwrite`: each step then replaces its part."""
     out = Path(out)
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise ParameterError(f"{out}: not empty (an earlier rehearsal?); choose another --out, or pass --overwrite "
+                             "to replace what the rehearsal writes there")
     out.mkdir(parents=True, exist_ok=True)
     corpus, run = out / "corpus", out / "run"
     steps: list[dict] = []
@@ -88,7 +94,7 @@ def rehearse(out: str | Path, cfg: RehearsalConfig = RehearsalConfig(), *, progr
         return steps[-1]
 
     step("corpus", ["minicorpus", "--profile", "librispeech", "--hours", str(cfg.hours), "--speakers", "16",
-                    "--seed", str(cfg.seed), "--out", str(corpus), "--quiet"])
+                    "--seed", str(cfg.seed), "--out", str(corpus), "--quiet", "--overwrite"])
     train_csv, test_csv = corpus / "train.csv", corpus / "test.csv"
     step("plan", ["plan", "--preset", cfg.preset, "--manifest", str(train_csv), "--probe-seconds",
                   str(cfg.probe_seconds), "--conv", cfg.conv, "--out", str(out / "plan.json")])
@@ -103,8 +109,9 @@ def rehearse(out: str | Path, cfg: RehearsalConfig = RehearsalConfig(), *, progr
     frame = pd.read_csv(test_csv).sort_values("duration").tail(cfg.longest)
     frame.to_csv(out / "longest.csv", index=False)
     ev = step("evaluate longest", ["evaluate", "--checkpoint", str(run / "final.ckpt"), "--manifest",
-                                   str(out / "longest.csv"), "--out", str(out / "eval")])
-    ex = step("export", ["export", "--checkpoint", str(run / "final.ckpt"), "--out", str(out / "model.mindir")])
+                                   str(out / "longest.csv"), "--out", str(out / "eval"), "--overwrite"])
+    ex = step("export", ["export", "--checkpoint", str(run / "final.ckpt"), "--out", str(out / "model.mindir"),
+                         "--overwrite"])
     metrics = pd.read_csv(run / "metrics.csv")
     summary = {
         "config": asdict(cfg), "batch_seconds": batch_seconds, "plan": {k: plan[k] for k in (

@@ -21,6 +21,14 @@ def test_minicorpus_and_manifest_commands(tmp_path):
               "--zoo-csv", tmp_path / "zoo.csv", "--quiet")
     assert run.returncode == 0, run.stderr
     assert len(pd.read_csv(tmp_path / "dev.csv")) == 2 and len((tmp_path / "zoo.csv").read_text().splitlines()) == 2
+    # built again with other sizes: --overwrite replaces the build instead of mixing the two, keeping other files
+    (tmp_path / "c" / "notes.txt").write_text("mine")
+    run = cli("minicorpus", "--out", tmp_path / "c", "--speakers", "4", "--utterances-per-speaker", "1", "--quiet",
+              "--overwrite")
+    assert run.returncode == 0, run.stderr
+    flacs = {split: len(list((tmp_path / "c" / split).rglob("*.flac"))) for split in ("train", "dev", "test")}
+    assert flacs == {"train": 2, "dev": 1, "test": 1}, flacs  # the earlier 2-per-speaker files are gone
+    assert len(pd.read_csv(tmp_path / "c" / "train.csv")) == 2 and (tmp_path / "c" / "notes.txt").read_text() == "mine"
 
 
 def test_errors_name_the_fix_without_a_traceback(tmp_path):

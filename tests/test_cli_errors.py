@@ -253,8 +253,72 @@ OTHER_COMMANDS = [  # (case, argv from a tmp folder and the tiny corpus, words o
      ["--micro-batches, --layerwise and --whole-only go with --profile"]),
     ("export under a regular file",
      lambda t, c: ["export", "--checkpoint", MINI, "--frames", "200", "--out", _under_a_file(t)],
-     ["file", "choose another path"]),
+     ["file", "choose another"]),
+    # earlier results are never replaced without --overwrite (each checked before any work)
+    ("export over an earlier model", lambda t, c: ["export", "--checkpoint", MINI, "--out", _made(t / "m.mindir")],
+     ["m.mindir: holds an exported model", "--overwrite"]),
+    ("export into a folder", lambda t, c: ["export", "--checkpoint", MINI, "--out", _made(t / "models", folder=True)],
+     ["models: is a folder", "models/model.mindir"]),
+    ("prune over an earlier checkpoint",
+     lambda t, c: ["prune", "--checkpoint", MINI, "--sparsity", "0.5", "--out", _made(t / "p.ckpt")],
+     ["p.ckpt: holds a checkpoint", "--overwrite"]),
+    ("pretrained convert over an earlier checkpoint",
+     lambda t, c: ["pretrained", "convert", "--checkpoint", MINI, "--out", _made(t / "p.ckpt")],
+     ["p.ckpt: holds a checkpoint", "--overwrite"]),
+    ("bench over an earlier measurement", lambda t, c: ["bench", "--quick", "--out", _made(t / "b" / "results.json").parent],
+     ["results.json: holds an earlier measurement", "--overwrite"]),
+    ("bench --out a file", lambda t, c: ["bench", "--quick", "--out", _made(t / "b")], ["b: is a file, not a folder"]),
+    ("onednn over an earlier measurement", lambda t, c: ["onednn", "--out", _made(t / "o.json")],
+     ["o.json: holds an earlier measurement"]),
+    ("race over an earlier race", lambda t, c: ["race", "--train", c / "train.csv", "--eval", c / "dev.csv", "--out",
+                                                _made(t / "r" / "race.json").parent], ["race.json: holds an earlier race"]),
+    ("race --only matching nothing", lambda t, c: ["race", "--train", c / "train.csv", "--eval", c / "dev.csv",
+                                                   "--only", "nothing", "--out", t / "r"],
+     ["--only nothing: no contestant", "mini: 2 x BiLSTM-192"]),
+    ("distill from an unreadable teacher", lambda t, c: ["distill", "--teacher", _made(t / "t.ckpt"), "--train",
+                                                         c / "train.csv", "--eval", c / "dev.csv", "--out", t / "d"],
+     ["t.ckpt: not a readable MindSpore checkpoint"]),
+    ("minicorpus into an earlier build", lambda t, c: ["minicorpus", "--out", _made(t / "c" / "train" / "x").parents[1]],
+     ["holds an earlier corpus (train/)", "--overwrite"]),
+    ("rehearse into a used folder", lambda t, c: ["rehearse", "--small", "--out", _made(t / "r" / "plan.json").parent],
+     ["not empty", "--overwrite"]),
+    # checkpoints and manifests a student gets wrong
+    ("a run folder as --checkpoint",
+     lambda t, c: ["evaluate", "--checkpoint", _made(t / "run" / "ds2-step0000002.ckpt").parent, "--manifest",
+                   c / "test.csv"], ["run: is a folder", "ds2-step0000002.ckpt"]),
+    ("a checkpoint of the other preset",
+     lambda t, c: ["evaluate", "--checkpoint", MINI, "--preset", "paper", "--manifest", c / "test.csv"],
+     ["192 units (the `mini` preset)", "1024 units (the `paper` preset)", "pass --preset mini"]),
+    ("evaluate --lm with the greedy decoder",
+     lambda t, c: ["evaluate", "--checkpoint", MINI, "--manifest", c / "test.csv", "--lm", _made(t / "lm.arpa")],
+     ["only the beam decoder uses a language model", "--decoder beam"]),
+    ("a manifest row whose duration is not a number",
+     lambda t, c: ["evaluate", "--checkpoint", MINI, "--manifest", _edited(c / "test.csv", t, "duration", "abc")],
+     ["edited.csv, row 2", "duration 'abc' is not a positive number"]),
+    ("a manifest transcript with digits",
+     lambda t, c: ["train", "--preset", "mini", "--manifest", _edited(c / "test.csv", t, "transcript", "ROOM 101"),
+                   "--out", t / "run"], ["edited.csv, row 2", "(0 1)", "spell numbers out"]),
 ]
+
+
+def _made(path: Path, folder: bool = False) -> Path:
+    """`path` made as an earlier result would stand there (a folder, or a small file, its folders made)."""
+    if folder:
+        path.mkdir(parents=True)
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("earlier")
+    return path
+
+
+def _edited(manifest: Path, tmp: Path, column: str, value: str) -> Path:
+    """A copy of `manifest` with the first row's `column` set to `value`."""
+    import pandas as pd
+
+    frame = pd.read_csv(manifest, dtype=str, keep_default_na=False)
+    frame.loc[0, column] = value
+    frame.to_csv(tmp / "edited.csv", index=False)
+    return tmp / "edited.csv"
 
 
 @pytest.mark.parametrize("case,argv,words", OTHER_COMMANDS, ids=[c[0] for c in OTHER_COMMANDS])

@@ -393,7 +393,7 @@ REHEARSAL = json.loads(repo_path("data", "rehearsal_reference_2core.json").read_
 
 
 def _rehearsal_minutes():
-    """Minutes of all the rehearsal's commands together."""
+    """Minutes of all the rehearsal's commands together (corpus, plan, both trainings, evaluation, export)."""
     return sum(s["seconds"] for s in REHEARSAL["steps"]) / 60
 
 
@@ -403,10 +403,10 @@ def _training_peak():
 
 
 @pytest.mark.parametrize("phrase, value", [
-    ("about {} min of steps on 2 cores", _rehearsal_minutes),
+    ("about {} min on 2 cores", _rehearsal_minutes),
     ("reference machine ({} minutes of train audio", lambda: REHEARSAL["corpus"]["train"]["hours"] * 60),
     ("audio, {} steps from scratch", lambda: REHEARSAL["trained_steps"]),
-    ("its steps took {} min in all", _rehearsal_minutes),
+    ("its commands took {} min in all", _rehearsal_minutes),
     ("`plan` printed a peak of {} GB", lambda: REHEARSAL["plan"]["base_gb"]),
     ("GB + {} MB per padded second", lambda: REHEARSAL["plan"]["gb_per_padded_second"] * 1024),
     ("and {} GB available", lambda: REHEARSAL["plan"]["memory_available_gb"]),
@@ -416,8 +416,9 @@ def _training_peak():
     ("training peaked at {} GB", _training_peak),
     ("with a median step of {} s", lambda: REHEARSAL["step_seconds_median"]),
     ("its checkpoint at step {} and resumed there", lambda: REHEARSAL["resumed_at_global_step"]),
-    ("longest test utterances ({} s", lambda: sorted(REHEARSAL["evaluated_seconds"])[-2]),
-    ("s and {} s) were evaluated", lambda: sorted(REHEARSAL["evaluated_seconds"])[-1]),
+    ("the {} longest test utterances", lambda: len(REHEARSAL["evaluated_seconds"])),
+    ("longest test utterances ({} s", lambda: min(REHEARSAL["evaluated_seconds"])),
+    ("s to {} s) were evaluated", lambda: max(REHEARSAL["evaluated_seconds"])),
     ("were evaluated at {} GB", lambda: REHEARSAL["evaluate_peak_rss_gb"]),
 ])
 def test_the_rehearsal_paragraph_quotes_its_reference(phrase, value):
@@ -430,6 +431,17 @@ def test_the_rehearsal_paragraphs_words_agree_with_its_reference():
     assert REHEARSAL["export_ok"] and ("dynamic time axis (any length)" in text) == (REHEARSAL["export_frames"] is None)
     # "training peaked at ..." within what plan's line allowed for the batch it chose
     assert _training_peak() <= REHEARSAL["plan"]["peak_gb"]
+
+
+MSRUN = json.loads(repo_path("data", "msrun_reference_2core.json").read_text())
+
+
+def test_the_data_parallel_sentence_quotes_its_reference():
+    speedup = {mode: next(r["speedup"] for r in MSRUN[mode] if r["workers"] == 2) for mode in ("graph", "pynative")}
+    assert_quoted("{}x in Graph mode and {}x in PyNative mode", speedup["graph"], speedup["pynative"])
+    two = next(r for r in MSRUN["graph"] if r["workers"] == 2)
+    assert two["threads_each"] == 1 and two["global_batch"] == 16  # "2 workers with 1 thread each", batch 8 each
+    assert max(speedup.values()) < 1.2  # "i.e. no gain"
 
 
 RACE = json.loads(repo_path("data", "race_reference_2core.json").read_text())
