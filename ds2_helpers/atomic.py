@@ -112,6 +112,8 @@ def check_new(path: str | Path, *, overwrite: bool, what: str = "an earlier resu
     blocker = next((p for p in path.parents if p.is_file()), None)
     if blocker is not None:
         raise ExistingResultError(f"{blocker}: is a file, not a folder; choose another --out")
+    if path.is_dir():
+        raise ExistingResultError(f"{path}: is a folder; give --out a file name (e.g. one inside it)")
     if path.exists() and not overwrite:
         raise ExistingResultError(f"{path}: holds {what}; choose another --out, or pass --overwrite to replace it")
     return check_writable(path)

@@ -87,8 +87,9 @@ def read(path: str | Path) -> tuple[dict[str, np.ndarray], dict]:
         raise CheckpointError(f"{path}: no such checkpoint; train one or download it "
                               "(`python -m ds2_helpers pretrained download`)")
     if path.is_dir():
-        steps, others = checkpoints_in(path), sorted(path.glob("*.ckpt"))
+        final, steps, others = path / "final.ckpt", checkpoints_in(path), sorted(path.glob("*.ckpt"))
         raise CheckpointError(f"{path}: is a folder; pass a checkpoint file" + (
+            f", e.g. the finished run's weights, {final}" if final.is_file() else
             f", e.g. the run's newest, {steps[-1]}" if steps else f", e.g. {others[0]}" if others
             else " (it holds no .ckpt files)"))
     try:

@@ -18,7 +18,7 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str):
         for internal in INTERNAL_COMMANDS:  # child-process commands: not for users, so not offered
-            message = message.replace(f", {internal!r}", "")
+            message = message.replace(f", {internal!r}", "").replace(f", {internal}", "")  # quoted before 3.12.x
         self.print_usage(sys.stderr)
         self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
 
@@ -66,35 +66,35 @@ def cmd_minicorpus(args: argparse.Namespace) -> int:
     from ds2_helpers.config import ParameterError
     from ds2_helpers.librispeech import build_manifest
     from ds2_helpers.minicorpus import (SPLITS, build_librispeech_like, build_minicorpus, build_unseen_voices,
-                                        clear_earlier_build)
+                                        earlier_build, fresh_build)
 
     if args.unseen_voices and args.profile != "mini":
         raise ParameterError("--unseen-voices builds its own short test set: leave out --profile")
-    for path in clear_earlier_build(args.out, ("test",) if args.unseen_voices else SPLITS, overwrite=args.overwrite):
-        print(f"--overwrite: removed {path} (earlier build)")
-    if args.unseen_voices:
-        counts = build_unseen_voices(args.out, speakers=args.speakers or 8,
-                                     utterances_per_speaker=args.utterances_per_speaker or 10, seed=args.seed,
-                                     progress=not args.quiet)
-        out = Path(args.out) / "test.csv"
-        report = build_manifest(args.out, "test", out, strict=True)
-        print(f"test (unseen voices): {counts['test']} utterances, "
-              f"{sum(r['duration'] for r in report.rows) / 60:.1f} min -> {out}")
-        return 0
-    args.speakers = args.speakers or 32
-    if args.speakers < 3:
-        raise ParameterError(f"--speakers {args.speakers}: use 3 or more (one each for train, dev and test)")
-    args.utterances_per_speaker = args.utterances_per_speaker or 50
-    if args.profile == "librispeech":
-        counts = build_librispeech_like(args.out, hours=args.hours, speakers=args.speakers, seed=args.seed,
-                                        progress=not args.quiet)
-    else:
-        counts = build_minicorpus(args.out, speakers=args.speakers, utterances_per_speaker=args.utterances_per_speaker,
-                                  seed=args.seed, progress=not args.quiet)
-    for split in SPLITS:
+    splits = ("test",) if args.unseen_voices else SPLITS
+    replaced = earlier_build(args.out, splits)
+    with fresh_build(args.out, splits, overwrite=args.overwrite) as tmp:  # the earlier build stays until this works
+        if args.unseen_voices:
+            counts = build_unseen_voices(tmp, speakers=args.speakers or 8,
+                                         utterances_per_speaker=args.utterances_per_speaker or 10, seed=args.seed,
+                                         progress=not args.quiet)
+        else:
+            speakers = args.speakers or 32
+            if speakers < 3:
+                raise ParameterError(f"--speakers {speakers}: use 3 or more (one each for train, dev and test)")
+            if args.profile == "librispeech":
+                counts = build_librispeech_like(tmp, hours=args.hours, speakers=speakers, seed=args.seed,
+                                                progress=not args.quiet)
+            else:
+                counts = build_minicorpus(tmp, speakers=speakers,
+                                          utterances_per_speaker=args.utterances_per_speaker or 50, seed=args.seed,
+                                          progress=not args.quiet)
+    if replaced:
+        print(f"--overwrite: replaced the earlier build in {args.out}")
+    for split in splits:
         out = Path(args.out) / f"{split}.csv"
         report = build_manifest(args.out, split, out, strict=True)
-        print(f"{split}: {counts[split]} utterances, {sum(r['duration'] for r in report.rows) / 60:.1f} min -> {out}")
+        name = "test (unseen voices)" if args.unseen_voices else split
+        print(f"{name}: {counts[split]} utterances, {sum(r['duration'] for r in report.rows) / 60:.1f} min -> {out}")
     return 0
 
 

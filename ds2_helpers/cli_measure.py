@@ -123,16 +123,24 @@ def cmd_race(args: argparse.Namespace) -> int:
                                  "unseen=corpora/unseen/test.csv (`minicorpus --unseen-voices --out corpora/unseen`)")
         score[name] = manifest
 
-    def pick(configs):
-        chosen = [c for c in configs if any(w.lower() in c.name.lower() for w in args.only)] if args.only else configs
+    def pick(configs, name=lambda c: c.name):
+        chosen = [c for c in configs if any(w.lower() in name(c).lower() for w in args.only)] if args.only else configs
         if not chosen:
             raise ParameterError(f"--only {' '.join(args.only)}: no contestant's name holds these words; the "
-                                 f"{args.suite} suite has: " + "; ".join(c.name for c in configs))
+                                 f"{args.suite} suite has: " + "; ".join(name(c) for c in configs))
         return chosen
 
     common = dict(eval_limit=args.eval_limit, mode=args.mode, progress=True, score=score)
     out = Path(args.out)
     check_new(out / "race.json", overwrite=args.overwrite, what="an earlier race")
+    if args.suite == "lr-sweep" and args.only:
+        raise ParameterError("--only does not apply to --suite lr-sweep: it sweeps every optimizer")
+    if args.suite == "optimizers" and not args.rates:  # the sweep comes first: its folder and --only checked now
+        check_new(out / "sweep" / "race.json", overwrite=args.overwrite, what="an earlier sweep")
+        if args.only:  # names before the sweep: each optimizer at a stand-in rate (a word naming a rate passes)
+            stand_in = race.optimizer_contestants({o: 1.0 for o in OPTIMIZERS}, args.schedules, today=0.5)
+            if not any(_number(w) for w in args.only):
+                pick(stand_in, name=lambda c: c.name.split(", lr ")[0])
     if args.suite in race.CONTESTANTS:
         configs = pick(race.CONTESTANTS[args.suite](len(SpeechData(args.train))))
     else:
@@ -177,6 +185,14 @@ def cmd_race(args: argparse.Namespace) -> int:
     return 0
 
 
+def _number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def optimizer_rate(text: str) -> tuple[str, float]:
     """argparse type: `OPTIMIZER=RATE` (e.g. `adam=1e-3`), the optimizer one of OPTIMIZERS, the rate above 0."""
     name, sep, value = text.partition("=")
@@ -216,7 +232,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
     from ds2_helpers.distill import check_distillation, compare, load_teacher
 
     check_distillation(args.alpha, args.temperature)
-    for path, what in ((args.teacher, "--teacher"), (args.train, "--train"), (args.eval, "--eval")):
+    for path, what in ((args.train, "--train"), (args.eval, "--eval")):
         if not Path(path).is_file():
             raise FileNotFoundError(2, f"No such file or directory ({what})", path)
     load_teacher(args.teacher)  # now, not after the first student's minutes of training

@@ -298,11 +298,11 @@ def _check_rows(path: Path, frame: pd.DataFrame) -> None:
     """Durations must be positive numbers and transcripts speakable by the 29-symbol alphabet; else one
     ManifestError naming the first bad row and how many more there are. Turns durations into floats."""
     seconds = pd.to_numeric(frame.duration, errors="coerce")
-    bad = [i for i, s in enumerate(seconds) if not s > 0]  # NaN (not a number) fails too
+    bad = [i for i, s in enumerate(seconds) if not 0 < s < float("inf")]  # NaN (not a number) fails too
     if bad:
         more = f" ({len(bad) - 1} more rows like it)" if len(bad) > 1 else ""
         raise ManifestError(f"{_row(path, frame, bad[0])}: duration {frame.duration.iloc[bad[0]]!r} is not a "
-                            f"positive number of seconds{more}; rebuild the manifest with "
+                            f"finite positive number of seconds{more}; rebuild the manifest with "
                             "`python -m ds2_helpers manifest`, which reads each duration from its audio file")
     frame["duration"] = seconds.astype(float)
     unknown = [(i, unknown_characters(normalise_text(t))) for i, t in enumerate(frame.transcript)]

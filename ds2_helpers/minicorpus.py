@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -133,23 +134,38 @@ def to_16k(samples: np.ndarray, sample_rate: int) -> np.ndarray:
     return scipy.signal.resample_poly(audio, 320, 441).astype(np.float32)
 
 
-def clear_earlier_build(out: str | Path, splits: tuple[str, ...] = SPLITS, *, overwrite: bool) -> list[Path]:
-    """A corpus built into a folder that holds an earlier build would mix the two (other speakers, sentences or
-    sizes under the same split folders): refuse with ParameterError, or with `overwrite` delete that build's
-    split folders, manifests and SPEAKERS.TXT (nothing else in `out`). Returns what was deleted."""
+def earlier_build(out: str | Path, splits: tuple[str, ...] = SPLITS) -> list[Path]:
+    """The split folders of an earlier build in `out` (those that hold anything)."""
+    out = Path(out)
+    return [out / s for s in splits if (out / s).is_dir() and any((out / s).iterdir())]
+
+
+@contextmanager
+def fresh_build(out: str | Path, splits: tuple[str, ...] = SPLITS, *, overwrite: bool):
+    """A temporary folder inside `out` to build a corpus into. A build into a folder that holds an earlier one
+    would mix the two (other speakers, sentences or sizes under the same split folders): refused with
+    ParameterError unless `overwrite`. Once the build succeeds, the earlier build's split folders, manifests and
+    SPEAKERS.TXT (nothing else in `out`) are deleted and the new ones moved in; a build that fails leaves the
+    earlier one as it was."""
     import shutil
+    import tempfile
 
     out = Path(out)
-    earlier = [out / s for s in splits if (out / s).is_dir() and any((out / s).iterdir())]
-    if not earlier:
-        return []
-    if not overwrite:
+    earlier = earlier_build(out, splits)
+    if earlier and not overwrite:
         raise ParameterError(f"{out}: holds an earlier corpus ({', '.join(p.name + '/' for p in earlier)}); a new "
-                             "build would mix with it: choose another --out, or pass --overwrite to delete it first")
-    removed = earlier + [p for p in [out / f"{s}.csv" for s in splits] + [out / "SPEAKERS.TXT"] if p.is_file()]
-    for path in removed:
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
-    return removed
+                             "build would mix with it: choose another --out, or pass --overwrite to replace it")
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out, prefix=".building-"))
+    try:
+        yield tmp
+        for name in [*splits, *(f"{s}.csv" for s in splits), "SPEAKERS.TXT"]:
+            old = out / name
+            shutil.rmtree(old) if old.is_dir() else old.unlink(missing_ok=True)
+            if (tmp / name).exists():
+                (tmp / name).rename(old)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def build_minicorpus(out: str | Path, *, speakers: int = 32, utterances_per_speaker: int = 50, seed: int = 0,

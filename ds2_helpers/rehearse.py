@@ -81,6 +81,10 @@ def rehearse(out: str | Path, cfg: RehearsalConfig = RehearsalConfig(), *, progr
                              "to replace what the rehearsal writes there")
     out.mkdir(parents=True, exist_ok=True)
     corpus, run = out / "corpus", out / "run"
+    if overwrite:  # the first training is killed once a checkpoint exists: an earlier run's must not count
+        import shutil
+
+        shutil.rmtree(run, ignore_errors=True)
     steps: list[dict] = []
 
     def step(name, args, **kw):
