@@ -192,7 +192,7 @@ def matmul_gflops(sizes: tuple[int, ...] = (2048, 4096), repeats: int = 2) -> di
 
 def percent_at_mindspore_rate(percent_of_floor: float, floor_gflops: float, mindspore_gflops: float) -> float:
     """A share of the floor re-expressed as if MindSpore's own matrix-multiply rate set it: where NumPy's (say
-    OpenBLAS on AVX-512/AMX) is faster, what MindSpore's kernels could reach is the nearer target."""
+    OpenBLAS on AVX-512) is faster, what MindSpore's kernels could reach is the nearer target."""
     return percent_of_floor * floor_gflops / mindspore_gflops
 
 

@@ -232,10 +232,12 @@ def cmd_distill(args: argparse.Namespace) -> int:
     from ds2_helpers.distill import check_distillation, compare, load_teacher
 
     check_distillation(args.alpha, args.temperature)
+    if not Path(args.teacher).exists():
+        raise FileNotFoundError(2, "No such file or directory (--teacher)", args.teacher)
     for path, what in ((args.train, "--train"), (args.eval, "--eval")):
         if not Path(path).is_file():
             raise FileNotFoundError(2, f"No such file or directory ({what})", path)
-    load_teacher(args.teacher)  # now, not after the first student's minutes of training
+    load_teacher(args.teacher)  # a folder or unreadable file fails now, not after a student's minutes of training
     check_new(Path(args.out) / "race.json", overwrite=args.overwrite, what="an earlier comparison")
     curve, table = compare(args.teacher, args.train, args.eval, args.out, seconds=args.minutes * 60,
                            eval_every=args.eval_every, hidden_size=args.hidden_size, hidden_layers=args.hidden_layers,

@@ -67,11 +67,11 @@ def configs_of(record: dict) -> list[RaceConfig]:
 
 
 def contestants(train_utterances: int) -> list[RaceConfig]:
-    """The mini model, two smaller ones and the mini model on half of the data."""
+    """The mini model, two smaller ones and the mini model on the first half of the (duration-sorted) data."""
     return [RaceConfig("mini: 2 x BiLSTM-192, all data"),
             RaceConfig("smaller: 1 x BiLSTM-192", hidden_layers=1),
             RaceConfig("smaller: 2 x BiLSTM-96", hidden_size=96),
-            RaceConfig("half the data (half the speakers)", limit=train_utterances // 2)]
+            RaceConfig("half the data (the shorter half)", limit=train_utterances // 2)]
 
 
 def augment_contestants() -> list[RaceConfig]:

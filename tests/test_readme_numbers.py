@@ -459,3 +459,63 @@ def test_the_race_paragraph_quotes_each_contestants_last_evaluation():
     assert narrow["cer"] == max(r["cer"] for r in last.values()) and half["cer"] == min(r["cer"] for r in last.values())
     assert half["step"] == max(r["step"] for r in last.values())
     assert half["epoch"] > max(r["epoch"] for r in (mini, one, narrow))
+
+
+def test_the_race_paragraphs_other_figures_agree_with_its_reference():
+    from ds2_helpers import race
+
+    assert_quoted("`data/race_reference_2core.json`, {} minutes each", RACE["seconds"] / 60)
+    assert_quoted("stopped none of them within {} minutes", RACE["seconds"] / 60)
+    names = [c["name"] for c in RACE["configs"]]
+    assert not any(race.early_stop(RACE["curve"], n, patience=3, min_delta=0.01)["stopped"] for n in names)
+    half = RACE["configs"][3]
+    assert_quoted("half the data (the first {} rows of the duration-sorted", half["limit"])
+    # "1 x BiLSTM-192 was ahead early (CER 0.4 a minute sooner)"
+    first = {n: min((r["train_seconds"] for r in RACE["curve"] if r["name"] == n and r["cer"] <= 0.4), default=None)
+             for n in names[:2]}
+    assert round((first[names[0]] - first[names[1]]) / 60) == 1
+
+
+def _rates(library: str) -> list[float]:
+    """Every matrix-multiply rate of `library` ("numpy" or "mindspore") in the committed references."""
+    found = []
+
+    def walk(obj, key=""):
+        if isinstance(obj, dict):
+            for k, v in obj.items():
+                walk(v, k)
+        elif isinstance(obj, list):
+            for v in obj:
+                walk(v, key)
+        elif isinstance(obj, (int, float)) and key in (library, f"{library}_gflops"):
+            found.append(float(obj))
+    for path in repo_path("data").glob("*_reference_2core.json"):
+        walk(json.loads(path.read_text()))
+    return found
+
+
+def test_the_cautions_quote_the_references():
+    ms, np_ = _rates("mindspore"), _rates("numpy")
+    assert len(ms) >= 4 and len(np_) >= 4  # several references, measured on different days
+    assert_quoted("saw MindSpore's matrix multiply at {}-{} GFLOP/s and NumPy's at {}-{}", min(ms), max(ms),
+                  min(np_), max(np_))
+    steps = sorted(LAYERWISE["rows"][0]["step_seconds_all"])
+    assert_quoted("(batch 16 at once: {} and {} s in `layerwise_reference_2core.json`)", *steps)
+    assert 0.2 < max(steps) / min(steps) - 1 < 0.3  # "differ by a quarter"
+
+
+def test_the_feature_cache_and_epoch_figures():
+    from ds2_helpers.bench import EPOCH_AUDIO_HOURS
+    from ds2_helpers.plan import librispeech_disk
+
+    assert_quoted("train-clean-100's would take about {} GB", librispeech_disk()["feature_cache"])
+    assert_quoted("epoch of train-clean-100 ({} h of audio)", EPOCH_AUDIO_HOURS)
+
+
+def test_the_mini_corpus_paragraph_quotes_its_measured_build():
+    from ds2_helpers.setup_check import reference
+
+    mini = reference()["mini_corpus"]
+    text = " ".join(repo_path("README.md").read_text().split())
+    assert "synthesises about an hour of speech" in text and 0.75 <= mini["audio_hours"] <= 1.25
+    assert_quoted("It builds in about {} seconds on 2 cores", mini["build_s"])
