@@ -519,3 +519,18 @@ def test_the_mini_corpus_paragraph_quotes_its_measured_build():
     text = " ".join(repo_path("README.md").read_text().split())
     assert "synthesises about an hour of speech" in text and 0.75 <= mini["audio_hours"] <= 1.25
     assert_quoted("It builds in about {} seconds on 2 cores", mini["build_s"])
+
+
+def test_the_prune_and_setup_figures():
+    from ds2_helpers.config import model_preset
+    from ds2_helpers.model import architecture_table
+
+    prune = json.loads(repo_path("data", "prune_reference_2core.json").read_text())["rows"]
+    zeros = [r for r in prune if r["kind"] == "unstructured"]
+    for key in ("step_ms", "inference_ms"):  # "with step and inference times unchanged by the zeros"
+        times = [r[key] for r in zeros]
+        assert max(times) / min(times) < 1.15, (key, times)
+    assert_quoted("parameters ({} M for `paper`)", architecture_table(model_preset("paper"))["parameters"].sum() / 1e6)
+    timed = {len(r["step_seconds_all"]) for r in REF.values() if r.get("step_seconds_all")}  # failed rows: none
+    assert len(timed) == 1
+    assert_quoted("12.7 s utterances ({} timed steps per configuration", timed.pop())
