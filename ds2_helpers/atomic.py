@@ -99,6 +99,11 @@ def check_writable(path: str | Path) -> Path:
     return path
 
 
+def file_in_the_way(path: str | Path) -> Path | None:
+    """The file standing where one of `path`'s folders should be (None when there is none)."""
+    return next((p for p in Path(path).parents if p.is_file()), None)
+
+
 class ExistingResultError(FileExistsError):
     """A command's result would replace an earlier one (a measurement, a model): its message names the file
     and the ways out."""
@@ -109,7 +114,7 @@ def check_new(path: str | Path, *, overwrite: bool, what: str = "an earlier resu
     measurement or training would be lost silently), and refuse a file where a folder should be; then
     `check_writable`. ExistingResultError names the path and the fix."""
     path = Path(path)
-    blocker = next((p for p in path.parents if p.is_file()), None)
+    blocker = file_in_the_way(path)
     if blocker is not None:
         raise ExistingResultError(f"{blocker}: is a file, not a folder; choose another --out")
     if path.is_dir():

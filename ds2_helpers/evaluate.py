@@ -178,7 +178,7 @@ def check_same_evaluation(out: Path, now: dict, *, resume: bool) -> None:
 def writable_folder(folder: str | Path, files: tuple[str, ...] = ("results.csv", "summary.json")) -> Path:
     """`folder`, created if needed, after a probe file showed it takes `files`: checked before hours of
     decoding depend on it. ParameterError naming the folder otherwise."""
-    from ds2_helpers.atomic import check_writable
+    from ds2_helpers.atomic import check_writable, file_in_the_way
 
     folder = Path(folder)
     try:
@@ -187,7 +187,7 @@ def writable_folder(folder: str | Path, files: tuple[str, ...] = ("results.csv",
             if (folder / name).exists() and not os.access(folder / name, os.W_OK):
                 raise PermissionError(f"{folder / name} cannot be overwritten")
     except OSError as exc:
-        blocker = next((p for p in (folder, *folder.parents) if p.is_file()), None)
+        blocker = file_in_the_way(folder / files[0])  # the folder itself or one above it
         reason = f"{blocker} is a file, not a folder" if blocker else exc.strerror or str(exc)
         raise ParameterError(f"{folder}: cannot write results there ({reason}); choose a folder you can "
                              "write to") from exc
