@@ -146,6 +146,22 @@ def test_the_long_run_paragraph_quotes_the_drift_reference(phrase, value):
     assert_quoted(phrase, value())
 
 
+def test_the_long_run_paragraphs_words_agree_with_the_drift_reference():
+    import numpy as np
+
+    native = drift("MindSpore Conv2d")
+    assert_quoted("`Conv2d` held {} s per step", native.loc[2:].median())
+    held = native.loc[2:].rolling(5).median().dropna()  # "held": every 5-step median within 5% of the whole run's
+    assert (abs(held / native.loc[2:].median() - 1) < 0.05).all(), held.describe()
+    for conv in ("matmul conv (ours, one product for all", "matmul conv (ours, one product per tap"):
+        steps = drift(conv)
+        smooth = steps.loc[2:].rolling(5).median().dropna()
+        level = smooth <= 1.1 * steps.loc[2:20].median()
+        grew_from = level[level].index.max() + 1  # "grew from about step 30": above its start from there on
+        assert 25 <= grew_from <= 35 and np.all(np.diff(smooth.loc[grew_from:]) > -0.3), (conv, grew_from)
+    assert "grew from about step 30" in " ".join(repo_path("README.md").read_text().split())
+
+
 def recipes():
     """The four references of notebook 08, as the README paragraph "What they gain" reads them."""
     import pandas as pd
@@ -423,6 +439,14 @@ def _training_peak():
 ])
 def test_the_rehearsal_paragraph_quotes_its_reference(phrase, value):
     assert_quoted(phrase, value())
+
+
+def test_the_rehearsal_corpus_sentence_agrees_with_its_reference():
+    train, test = REHEARSAL["corpus"]["train"], REHEARSAL["corpus"]["test"]
+    assert_quoted("utterances of {}-{} s, mean about {} s", 1, 25, train["mean"])
+    assert 1 <= train["min"] and train["max"] <= 25  # "utterances of 1-25 s"
+    assert 30 <= test["max"] <= 35  # "its test split includes 30-35 s utterances"
+    assert "its test split includes 30-35 s utterances" in " ".join(repo_path("README.md").read_text().split())
 
 
 def test_the_rehearsal_paragraphs_words_agree_with_its_reference():
