@@ -45,16 +45,32 @@ def package_report():
     return pd.DataFrame(rows)
 
 
-def usable_cores() -> int:
-    """Cores this process may run on (a container or taskset can allow fewer than the machine has)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+CGROUP = "/sys/fs/cgroup"  # cgroup v2's files for this process's container, where it has one
+
+
+def cpu_quota(cgroup: str = CGROUP) -> float | None:
+    """Cores' worth of CPU time a container's cgroup allows (`cpu.max`: quota and period in microseconds),
+    or None without a limit. A quota does not hide cores: `nproc` and the affinity mask still show all."""
+    try:
+        quota, period = open(os.path.join(cgroup, "cpu.max")).read().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        return None
+
+
+def usable_cores(cgroup: str = CGROUP) -> int:
+    """Cores this process may run on: the affinity mask (what a taskset allows), fewer where a container's CPU
+    quota allows less time than that (at least 1)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    quota = cpu_quota(cgroup)
+    return cores if quota is None else max(1, min(cores, int(quota)))
 
 
 def machine_report() -> dict[str, object]:
     """Python, OS, cores usable by this process, thread settings that change speed."""
     cores = usable_cores()
     return {"python": sys.version.split()[0], "platform": platform.platform(), "machine": platform.machine(),
-            "cores (usable)": cores, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "(unset)"),
+            "cores (usable)": cores, "CPU quota (cores)": cpu_quota() or "(none)", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "(unset)"),
             "memory (GiB)": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)}
 
 
@@ -88,8 +104,12 @@ def mindspore_check() -> dict[str, object]:
 
 def espeak_check() -> dict[str, object]:
     """Synthesise one word to prove the mini corpus can be built here."""
-    from ds2_helpers.espeak import Espeak, Voice
+    from ds2_helpers.espeak import Espeak, SynthesisError, Voice
 
-    engine = Espeak.get()
-    audio = engine.synthesize("hello", Voice("en+f2"))
+    try:
+        engine = Espeak.get()
+        audio = engine.synthesize("hello", Voice("en+f2"))
+    except (ImportError, OSError, SynthesisError) as exc:
+        pin = pinned_requirements().get("espeakng-loader", "")
+        return {"problem": f"espeak-ng cannot speak ({exc}): pip install 'espeakng-loader=={pin}' (or: make venv)"}
     return {"espeak sample rate": engine.sample_rate, "seconds for 'hello'": round(len(audio) / engine.sample_rate, 2)}

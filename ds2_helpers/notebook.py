@@ -46,3 +46,23 @@ def mode_line(is_quick: bool, namespace: dict, quick: dict) -> str:
                 "below are a smoke test, not results")
     values = ", ".join(f"{k} = {namespace.get(k)!r}" for k in quick)
     return f"DS2_QUICK unset: the parameters cell runs as written ({values})"
+
+
+def with_source_file(obj):
+    """Save the code of the cell that defines `obj` (a function, or a Cell class: its `construct`) where Python
+    says it lives, as Jupyter's debugger does; returns `obj` (a decorator).
+
+    MindSpore's compiler reads the source *file* of every function it compiles, to tie graph nodes to code
+    lines. A notebook cell has no file, only a name (/tmp/ipykernel_<pid>/<hash>.py), and every failed read
+    logs an error from C++ ("Get realpath failed") while the compiler holds Python's lock: in long cells
+    enough lines to fill the notebook's output pipe, and the kernel hangs. Code in .py files (the package's)
+    never hits this."""
+    import linecache
+    from pathlib import Path
+
+    code = (obj.construct if isinstance(obj, type) else obj).__code__
+    path = Path(code.co_filename)
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(linecache.getlines(str(path))))
+    return obj

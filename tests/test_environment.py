@@ -2,6 +2,8 @@
 
 import re
 
+import pytest
+
 from ds2_helpers import environment
 from ds2_helpers.paths import repo_path
 
@@ -40,3 +42,15 @@ def test_mindspore_and_espeak_run_here():
     assert ms["graph ok"] and ms["pynative ok"] and "problem" not in ms
     assert environment.espeak_check()["espeak sample rate"] == 22050
     assert environment.machine_report()["cores (usable)"] >= 1
+
+
+@pytest.mark.parametrize("cpu_max, quota", [("max 100000\n", None), ("150000 100000\n", 1.5), ("50000 100000", 0.5)])
+def test_a_containers_cpu_quota_limits_the_usable_cores(tmp_path, cpu_max, quota):
+    import os
+
+    (tmp_path / "cpu.max").write_text(cpu_max)
+    affinity = len(os.sched_getaffinity(0))
+    assert environment.cpu_quota(str(tmp_path)) == quota
+    expected = affinity if quota is None else max(1, min(affinity, int(quota)))
+    assert environment.usable_cores(str(tmp_path)) == expected
+    assert environment.usable_cores(str(tmp_path / "no-cgroup")) == affinity  # no file: the affinity mask

@@ -59,3 +59,20 @@ def test_quick_values_go_through_setup(path):
     """A notebook shrinks its runs only through notebook.setup(quick=...), so its mode line tells the truth."""
     source = "".join("".join(c["source"]) for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code")
     assert "notebook.setup(" in source and "if QUICK:\n    " not in source.split("notebook.setup(", 1)[1][:200]
+
+
+def test_with_source_file_writes_a_cells_code_where_python_says_it_lives(tmp_path):
+    """A notebook cell's functions and Cell classes name a file that does not exist; MindSpore's compiler reads
+    it. The decorator writes the cell's source (from linecache, where IPython keeps it) to that name."""
+    import linecache
+
+    from ds2_helpers.notebook import with_source_file
+
+    fake = tmp_path / "ipykernel_1" / "cell.py"
+    source = "def f(x):\n    return x + 1\n\n\nclass C:\n    def construct(self, x):\n        return x\n"
+    linecache.cache[str(fake)] = (len(source), None, source.splitlines(keepends=True), str(fake))
+    space = {}
+    exec(compile(source, str(fake), "exec"), space)
+    assert with_source_file(space["f"]) is space["f"] and fake.read_text() == source
+    fake.unlink()
+    assert with_source_file(space["C"]) is space["C"] and fake.read_text() == source
