@@ -55,6 +55,7 @@ class BenchConfig:
     layerwise: bool = False         # TrainConfig.layerwise: backward one layer at a time, each recomputed
     device: str = "CPU"             # MindSpore's device: "GPU" or "Ascend" need MindSpore's wheel for them
     kind: str = "step"              # baseline | step (same model and data: a recommendation candidate)
+    steps: int | None = None        # timed steps of this configuration (None: the suite's)
                                     # | contrast (what not to do) | other model (changes what is learned)
 
     def model_config(self):
@@ -226,7 +227,7 @@ class Suite:
         measured = []
         for cfg in self.configs:
             t0 = time.perf_counter()
-            measured.append((cfg, run_isolated(cfg, steps=self.steps, warmup=self.warmup),
+            measured.append((cfg, run_isolated(cfg, steps=cfg.steps or self.steps, warmup=self.warmup),
                              time.perf_counter() - t0))
             if progress:
                 res = measured[-1][1]
@@ -283,9 +284,6 @@ def machine() -> dict:
 
 def write_results(results: list[dict], out: str | Path) -> dict[str, Path]:
     """results.json (with the machine), results.csv and a bar chart of projected epoch hours."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     import pandas as pd
 
     from ds2_helpers.atomic import write_report
@@ -303,12 +301,34 @@ def results_table(results: list[dict]):
     frame = pd.DataFrame(results)
     if "kind" not in frame:
         frame["kind"] = None
-    cols = ["name", "kind", "preset", "batch_size", "step_seconds", "audio_seconds_per_second", "epoch_hours", "speedup",
-            "percent_of_floor", "matmul_gflops", "peak_rss_mb", "error"]
+    cols = ["name", "kind", "preset", "batch_size", "step_seconds", "audio_seconds_per_second", "epoch_hours",
+            "floor_epoch_hours", "speedup", "percent_of_floor", "matmul_gflops", "peak_rss_mb", "error"]
     for col in cols:
         if col not in frame:
             frame[col] = None
     return frame[cols].sort_values("epoch_hours", na_position="last").reset_index(drop=True)
+
+
+def config_key(row: dict) -> str:
+    """What a result row measured (its BenchConfig's fields but the name, kind and steps), as one comparable
+    string: rows of two runs are the same configuration when their keys are equal, whatever they are called. A
+    field the row lacks (a run older than the field) counts as its default."""
+    from dataclasses import fields
+
+    defaults = {f.name: f.default for f in fields(BenchConfig) if f.name not in ("name", "kind", "steps")}
+    return json.dumps({n: row.get(n, default) for n, default in defaults.items()}, sort_keys=True, default=list)
+
+
+def beside_reference(results: list[dict], reference_results: list[dict]):
+    """The reference's table (best projected epoch first) with this run's epoch hours and speed-up beside each
+    configuration both measured, matched by `config_key`, not by name."""
+    mine = {config_key(r): r for r in results}
+    key_of = {r["name"]: config_key(r) for r in reference_results}
+    table = results_table(reference_results)[["name", "kind", "batch_size", "epoch_hours", "speedup",
+                                               "percent_of_floor", "error"]]
+    for col in ("epoch_hours", "speedup"):
+        table[f"this run: {col}"] = [mine.get(key_of[name], {}).get(col) for name in table.name]
+    return table
 
 
 def load_reference(path: str | Path) -> dict | None:

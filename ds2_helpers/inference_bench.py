@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import statistics
 import sys
 import time
@@ -87,6 +86,7 @@ def run_one(cfg: InferenceConfig) -> dict:
     from ds2_helpers.export import ExportedModel, export_mindir
     from ds2_helpers.inference import forward, warm_up
     from ds2_helpers.model import DeepSpeech2
+    from ds2_helpers.train import peak_gb
 
     ms.set_context(mode=ms.PYNATIVE_MODE)
     model_cfg = model_preset(cfg.preset, conv=cfg.conv)
@@ -137,7 +137,7 @@ def run_one(cfg: InferenceConfig) -> dict:
     seconds = float(sum(times)) if cfg.batch_seconds else statistics.median(times) * len(times)
     row = {"seconds": seconds, "audio_seconds": audio, "rtf": seconds / audio, "batches": len(batches),
            "mean_batch": float(np.mean([len(f) for f in batches])), "compile_seconds": compile_seconds,
-           "warm_seconds": warm_seconds, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+           "warm_seconds": warm_seconds, "peak_rss_mb": peak_gb() * 1024,  # VmHWM: ru_maxrss keeps the parent's
            "onednn_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"), "conv": cfg.conv}
     if beside:  # the MindIR beside the checkpoint's compiled network, utterance by utterance in this process
         row["time_vs_checkpoint"] = statistics.median(t / c for t, c in zip(times, beside))

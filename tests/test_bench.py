@@ -105,6 +105,8 @@ def test_demo_takes_the_largest_batch_whose_reference_memory_fits():
     assert course.fixed_frames == 1250 and course.batch_size == 1 and pynative.mode == "pynative"
     assert best.batch_size == frozen.batch_size == 8 and best.fixed_frames is None and best.preset == "paper"
     assert frozen.freeze_conv and frozen.freeze_rnn_layers == 3 and best.seconds == course.seconds == 12.7
+    # the baseline of every speed-up (and its PyNative contrast) is timed twice; the batch-8 rows take the suite's
+    assert course.steps == pynative.steps == 2 and best.steps is frozen.steps is None
     # the step profile wins over an older (or unstamped) run: a line through its batch-1 and batch-16 peaks
     profile = {"rows": [{"name": "whole step (Trainer.step)", "preset": "paper", "batch_size": b, "peak_gb": gb,
                          "seconds": 12.7} for b, gb in ((1, 6.5), (16, 21.3))]
@@ -139,3 +141,25 @@ def test_a_measurement_process_reports_its_result_or_why_it_failed():
     crash = bench.run_json_process(py + ["raise ValueError('bad shape')"])
     assert crash["error"] == "ValueError: bad shape"
     assert "exit status 3" in bench.run_json_process(py + ["import sys; sys.exit(3)"])["error"]
+
+
+def test_rows_of_two_runs_are_matched_by_what_they_measured_not_their_names():
+    course = bench.course_config()
+    best = bench.BenchConfig(name="combined: graph, batch 16, sorted, Conv2d", batch_size=16)
+    frozen4 = bench.BenchConfig(name="transfer: conv + lower RNN layers frozen", batch_size=4, freeze_conv=True)
+    row = lambda cfg, hours, **extra: {**cfg.__dict__, "recompute": list(cfg.recompute), "epoch_hours": hours,
+                                       "speedup": 50.0 / hours, **extra}  # noqa: E731  (as results.json holds it)
+    reference = [row(course, 50.0), row(bench.BenchConfig(name="batch 16", batch_size=16), 10.0),
+                 row(frozen4, 14.0)]
+    del reference[0]["layerwise"]  # a run older than a field: it ran the field's default
+    mine = [row(course, 40.0, steps=2), row(best, 12.0),
+            row(bench.BenchConfig(name="transfer: conv + lower RNN layers frozen", batch_size=16, freeze_conv=True),
+                9.0)]
+    table = bench.beside_reference(mine, reference).set_index("name")
+    assert table.loc["batch 16", "this run: epoch_hours"] == 12.0       # same configuration, another name
+    assert table.loc["course: graph, batch 1, 1250-frame padding, Conv2d", "this run: epoch_hours"] == 40.0
+    import pandas as pd
+
+    assert pd.isna(table.loc["transfer: conv + lower RNN layers frozen", "this run: epoch_hours"])  # batch 4 there
+    assert table.index.tolist() == ["batch 16", "transfer: conv + lower RNN layers frozen",
+                                    "course: graph, batch 1, 1250-frame padding, Conv2d"]  # best reference first

@@ -60,3 +60,27 @@ def test_default_export_takes_any_length(net, tmp_path):
         ours, ref = exported(spect), checkpoint_log_probs(net, spect)
         assert ours.shape == ((frames - 1) // 2 + 1, 29)
         np.testing.assert_allclose(ours, ref, atol=1e-4)
+
+
+def test_a_free_batch_axis_exports_and_each_utterance_in_a_batch_gets_its_own_numbers(net, tmp_path):
+    """MindSpore 2.10 exports the network with batch and time axes free (README, notebook 06): a padded batch of
+    three lengths gives each utterance what the checkpoint gives it alone."""
+    from ds2_helpers.export import InferenceNet
+
+    infer = InferenceNet(net)
+    infer.set_train(False)
+    ms.export(infer, ms.Tensor(shape=[None, 1, 161, None], dtype=ms.float32), ms.Tensor(shape=[None], dtype=ms.int32),
+              file_name=str(tmp_path / "any-batch"), file_format="MINDIR")
+    graph = ms.nn.GraphCell(ms.load(str(tmp_path / "any-batch.mindir")))
+    rng = np.random.default_rng(4)
+    lengths = [200, 131, 64]
+    spects = [rng.standard_normal((161, n)).astype(np.float32) for n in lengths]
+    x = np.zeros((3, 1, 161, max(lengths)), np.float32)
+    for i, s in enumerate(spects):
+        x[i, 0, :, : s.shape[1]] = s
+    log_probs, out_len = graph(ms.Tensor(x), ms.Tensor(np.array(lengths, np.int32)))
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    for i, s in enumerate(spects):
+        alone = checkpoint_log_probs(net, s)
+        assert int(out_len.asnumpy()[i]) == len(alone)
+        np.testing.assert_allclose(log_probs.asnumpy()[: len(alone), i], alone, atol=1e-4)
