@@ -55,8 +55,8 @@ class BenchConfig:
     layerwise: bool = False         # TrainConfig.layerwise: backward one layer at a time, each recomputed
     device: str = "CPU"             # MindSpore's device: "GPU" or "Ascend" need MindSpore's wheel for them
     kind: str = "step"              # baseline | step (same model and data: a recommendation candidate)
-    steps: int | None = None        # timed steps of this configuration (None: the suite's)
                                     # | contrast (what not to do) | other model (changes what is learned)
+    steps: int | None = None        # at least this many timed steps for this configuration (else the suite's)
 
     def model_config(self):
         """The ModelConfig this benchmark trains."""
@@ -227,7 +227,7 @@ class Suite:
         measured = []
         for cfg in self.configs:
             t0 = time.perf_counter()
-            measured.append((cfg, run_isolated(cfg, steps=cfg.steps or self.steps, warmup=self.warmup),
+            measured.append((cfg, run_isolated(cfg, steps=max(cfg.steps or 0, self.steps), warmup=self.warmup),
                              time.perf_counter() - t0))
             if progress:
                 res = measured[-1][1]
@@ -315,8 +315,15 @@ def config_key(row: dict) -> str:
     field the row lacks (a run older than the field) counts as its default."""
     from dataclasses import fields
 
+    from ds2_helpers.onednn import DEFAULT
+
     defaults = {f.name: f.default for f in fields(BenchConfig) if f.name not in ("name", "kind", "steps")}
-    return json.dumps({n: row.get(n, default) for n, default in defaults.items()}, sort_keys=True, default=list)
+    key = {n: row.get(n, default) for n, default in defaults.items()}
+    # a run overwrites these two with what it measured (a failed row keeps the configured values): compare the
+    # instruction set with the package's cap standing for None, and padding as present or not
+    key["onednn_isa"] = key["onednn_isa"] or DEFAULT
+    key["padding_fraction"] = bool(key["padding_fraction"])
+    return json.dumps(key, sort_keys=True, default=list)
 
 
 def beside_reference(results: list[dict], reference_results: list[dict]):

@@ -45,25 +45,34 @@ def package_report():
     return pd.DataFrame(rows)
 
 
-CGROUP = "/sys/fs/cgroup"  # cgroup v2's files for this process's container, where it has one
+CGROUP = "/sys/fs/cgroup"  # where Linux mounts the control groups that can limit a container
 
 
 def cpu_quota(cgroup: str = CGROUP) -> float | None:
-    """Cores' worth of CPU time a container's cgroup allows (`cpu.max`: quota and period in microseconds),
-    or None without a limit. A quota does not hide cores: `nproc` and the affinity mask still show all."""
+    """Cores' worth of CPU time a container's control group allows, or None without a limit: cgroup v2's
+    `cpu.max` ("quota period" in microseconds, "max" = none) or v1's `cpu/cpu.cfs_quota_us` over
+    `cpu.cfs_period_us` (-1 = none). A quota does not hide cores: `nproc` and the affinity mask still show all."""
     try:
         quota, period = open(os.path.join(cgroup, "cpu.max")).read().split()[:2]
         return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        quota = int(open(os.path.join(cgroup, "cpu", "cpu.cfs_quota_us")).read())
+        period = int(open(os.path.join(cgroup, "cpu", "cpu.cfs_period_us")).read())
+        return None if quota < 0 else quota / period
     except (OSError, ValueError):
         return None
 
 
 def usable_cores(cgroup: str = CGROUP) -> int:
     """Cores this process may run on: the affinity mask (what a taskset allows), fewer where a container's CPU
-    quota allows less time than that (at least 1)."""
+    quota allows less time than that (rounded up: 1.5 cores' worth keeps 2 threads busy part of the time)."""
+    import math
+
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     quota = cpu_quota(cgroup)
-    return cores if quota is None else max(1, min(cores, int(quota)))
+    return cores if quota is None else max(1, min(cores, math.ceil(quota)))
 
 
 def machine_report() -> dict[str, object]:
@@ -76,11 +85,18 @@ def machine_report() -> dict[str, object]:
 
 def mindspore_check() -> dict[str, object]:
     """Compile and run a tiny gradient step on the CPU, in Graph and PyNative mode; report the time."""
-    import mindspore as ms
     import numpy as np
-    from mindspore import nn, ops
 
-    out = {"mindspore": ms.__version__, "numpy": np.__version__}
+    out = {"numpy": np.__version__}
+    try:
+        import mindspore as ms
+        from mindspore import nn, ops
+    except Exception as exc:  # not installed, or a binary that cannot load (NumPy 2 breaks MindSpore 2.10's)
+        pin = pinned_requirements().get("mindspore", "")
+        out["problem"] = (f"MindSpore does not import ({type(exc).__name__}: {str(exc).splitlines()[0][:120]}): "
+                          f"pip install 'mindspore=={pin}' 'numpy<2' (or: make venv), then restart the kernel")
+        return out
+    out = {"mindspore": ms.__version__, **out}
     if int(np.__version__.split(".")[0]) >= 2:
         out["problem"] = "NumPy 2 breaks MindSpore 2.10 ('compiled using NumPy 1.x'): pip install 'numpy<2'"
         return out

@@ -149,17 +149,21 @@ def test_rows_of_two_runs_are_matched_by_what_they_measured_not_their_names():
     frozen4 = bench.BenchConfig(name="transfer: conv + lower RNN layers frozen", batch_size=4, freeze_conv=True)
     row = lambda cfg, hours, **extra: {**cfg.__dict__, "recompute": list(cfg.recompute), "epoch_hours": hours,
                                        "speedup": 50.0 / hours, **extra}  # noqa: E731  (as results.json holds it)
-    reference = [row(course, 50.0), row(bench.BenchConfig(name="batch 16", batch_size=16), 10.0),
-                 row(frozen4, 14.0)]
+    random4 = bench.BenchConfig(name="random batches (19% padding)", batch_size=4, padding_fraction=0.234)
+    # as measured: the instruction set the child ran and the padding share it saw replace the configured values
+    reference = [row(course, 50.0, onednn_isa="AVX2"), row(bench.BenchConfig(name="batch 16", batch_size=16), 10.0),
+                 row(frozen4, 14.0), row(random4, 20.0, onednn_isa="AVX2", padding_fraction=0.19)]
     del reference[0]["layerwise"]  # a run older than a field: it ran the field's default
     mine = [row(course, 40.0, steps=2), row(best, 12.0),
             row(bench.BenchConfig(name="transfer: conv + lower RNN layers frozen", batch_size=16, freeze_conv=True),
-                9.0)]
+                9.0), row(random4, 25.0), row(bench.BenchConfig(name="combined: batch 4", batch_size=4), 15.0)]
     table = bench.beside_reference(mine, reference).set_index("name")
     assert table.loc["batch 16", "this run: epoch_hours"] == 12.0       # same configuration, another name
     assert table.loc["course: graph, batch 1, 1250-frame padding, Conv2d", "this run: epoch_hours"] == 40.0
     import pandas as pd
 
     assert pd.isna(table.loc["transfer: conv + lower RNN layers frozen", "this run: epoch_hours"])  # batch 4 there
+    assert table.loc["random batches (19% padding)", "this run: epoch_hours"] == 25.0  # not the sorted batch 4's
     assert table.index.tolist() == ["batch 16", "transfer: conv + lower RNN layers frozen",
+                                    "random batches (19% padding)",
                                     "course: graph, batch 1, 1250-frame padding, Conv2d"]  # best reference first

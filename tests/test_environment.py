@@ -44,13 +44,20 @@ def test_mindspore_and_espeak_run_here():
     assert environment.machine_report()["cores (usable)"] >= 1
 
 
-@pytest.mark.parametrize("cpu_max, quota", [("max 100000\n", None), ("150000 100000\n", 1.5), ("50000 100000", 0.5)])
-def test_a_containers_cpu_quota_limits_the_usable_cores(tmp_path, cpu_max, quota):
+@pytest.mark.parametrize("files, quota, cores", [
+    ({"cpu.max": "max 100000\n"}, None, None),
+    ({"cpu.max": "150000 100000\n"}, 1.5, 2),                      # 1.5 cores' worth: 2 threads, rounded up
+    ({"cpu.max": "50000 100000"}, 0.5, 1),
+    ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None, None),  # cgroup v1, no limit
+    ({"cpu/cpu.cfs_quota_us": "100000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 1.0, 1),  # cgroup v1: 1 core
+    ({}, None, None),                                                # no control group files: the affinity mask
+])
+def test_a_containers_cpu_quota_limits_the_usable_cores(tmp_path, files, quota, cores):
     import os
 
-    (tmp_path / "cpu.max").write_text(cpu_max)
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
     affinity = len(os.sched_getaffinity(0))
     assert environment.cpu_quota(str(tmp_path)) == quota
-    expected = affinity if quota is None else max(1, min(affinity, int(quota)))
-    assert environment.usable_cores(str(tmp_path)) == expected
-    assert environment.usable_cores(str(tmp_path / "no-cgroup")) == affinity  # no file: the affinity mask
+    assert environment.usable_cores(str(tmp_path)) == (affinity if cores is None else min(affinity, cores))
