@@ -15,7 +15,7 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -313,8 +313,6 @@ def config_key(row: dict) -> str:
     """What a result row measured (its BenchConfig's fields but the name, kind and steps), as one comparable
     string: rows of two runs are the same configuration when their keys are equal, whatever they are called. A
     field the row lacks (a run older than the field) counts as its default."""
-    from dataclasses import fields
-
     from ds2_helpers.onednn import DEFAULT
 
     defaults = {f.name: f.default for f in fields(BenchConfig) if f.name not in ("name", "kind", "steps")}

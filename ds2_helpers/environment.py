@@ -79,7 +79,8 @@ def machine_report() -> dict[str, object]:
     """Python, OS, cores usable by this process, thread settings that change speed."""
     cores = usable_cores()
     return {"python": sys.version.split()[0], "platform": platform.platform(), "machine": platform.machine(),
-            "cores (usable)": cores, "CPU quota (cores)": cpu_quota() or "(none)", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "(unset)"),
+            "cores (usable)": cores, "CPU quota (cores)": cpu_quota() or "(none)",
+            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "(unset)"),
             "memory (GiB)": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)}
 
 

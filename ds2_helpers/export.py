@@ -4,8 +4,8 @@ With MindSpore 2.10 a free time axis exports, and a free batch axis too (noteboo
 and 3; `tests/test_export.py` checks it against each utterance alone). A deployment's `transcribe` sends one
 utterance per call, so `export_mindir` writes a batch-1 graph for inputs of any length by default (each
 utterance runs at its own length), or, with `frames`, a graph for exactly that many spectrogram frames that the
-caller pads to (what runtimes without dynamic shapes need; padding never changes the result because the network masks everything
-past the true length, but a 2 s utterance then costs as much as a `frames` one).
+caller pads to (what runtimes without dynamic shapes need; padding never changes the result because the network
+masks everything past the true length, but a 2 s utterance then costs as much as a `frames` one).
 """
 
 from __future__ import annotations

@@ -144,6 +144,8 @@ def test_a_measurement_process_reports_its_result_or_why_it_failed():
 
 
 def test_rows_of_two_runs_are_matched_by_what_they_measured_not_their_names():
+    import pandas as pd
+
     course = bench.course_config()
     best = bench.BenchConfig(name="combined: graph, batch 16, sorted, Conv2d", batch_size=16)
     frozen4 = bench.BenchConfig(name="transfer: conv + lower RNN layers frozen", batch_size=4, freeze_conv=True)
@@ -160,8 +162,6 @@ def test_rows_of_two_runs_are_matched_by_what_they_measured_not_their_names():
     table = bench.beside_reference(mine, reference).set_index("name")
     assert table.loc["batch 16", "this run: epoch_hours"] == 12.0       # same configuration, another name
     assert table.loc["course: graph, batch 1, 1250-frame padding, Conv2d", "this run: epoch_hours"] == 40.0
-    import pandas as pd
-
     assert pd.isna(table.loc["transfer: conv + lower RNN layers frozen", "this run: epoch_hours"])  # batch 4 there
     assert table.loc["random batches (19% padding)", "this run: epoch_hours"] == 25.0  # not the sorted batch 4's
     assert table.index.tolist() == ["batch 16", "transfer: conv + lower RNN layers frozen",

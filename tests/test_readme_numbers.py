@@ -442,10 +442,10 @@ def test_the_rehearsal_paragraph_quotes_its_reference(phrase, value):
 
 
 def test_the_rehearsal_corpus_sentence_agrees_with_its_reference():
-    train, test = REHEARSAL["corpus"]["train"], REHEARSAL["corpus"]["test"]
-    assert_quoted("utterances of {}-{} s, mean about {} s", 1, 25, train["mean"])
     import math
 
+    train, test = REHEARSAL["corpus"]["train"], REHEARSAL["corpus"]["test"]
+    assert_quoted("utterances of {}-{} s, mean about {} s", 1, 25, train["mean"])
     assert math.floor(train["min"]) == 1 and math.ceil(train["max"]) == 25  # "utterances of 1-25 s"
     assert 30 <= test["max"] <= 35  # "its test split includes 30-35 s utterances"
     assert "its test split includes 30-35 s utterances" in " ".join(repo_path("README.md").read_text().split())
