@@ -9,9 +9,9 @@ The bounds (a roofline): the forward pass costs FLOPs (the architecture table's)
 every LSTM step multiplies one vector by W_hh (4H x H floats, 16.8 MB per direction and layer for `paper`), so the
 weights stream through once per output frame: `recurrent_bytes_per_audio_second`. The machine's two rates are
 measured in the same run: sgemm (NumPy and MindSpore, the better one) and the fastest rate at which anything
-measured here streams a W_hh-sized matrix through the recurrence (`weight_read_gbytes`: a matrix-vector product,
-or MindSpore's own LSTM kernel, which on the reference host read its weights faster than either matrix-vector
-product: data/inference_reference_2core.json). The bound is whichever takes longer.
+measured here streams a W_hh-sized matrix through the recurrence (`weight_read_gbytes`: NumPy's or MindSpore's
+matrix-vector product, or MindSpore's own LSTM kernel stepping one utterance; which is fastest differs between
+hosts and runs, data/inference_reference_2core.json records all three). The bound is whichever takes longer.
 """
 
 from __future__ import annotations

@@ -44,30 +44,94 @@ class RehearsalConfig:
                    longest=2, conv="matmul")
 
 
-def run_step(name: str, args: list[str], log: Path, *, kill_when=None) -> dict:
-    """Run `python -m ds2_helpers <args>`; wall time, peak RSS (this child alone, via wait4) and exit status.
-    `kill_when()` is polled every second; when true the process is killed with SIGKILL (a crash rehearsal)."""
-    env = dict(os.environ, GLOG_v="3", PYTHONWARNINGS="ignore")
+#: Runs `python -m ds2_helpers ...` and, as it exits, writes its own peak resident memory (VmHWM, kB) to the file
+#: named by its first argument (`run_measured`'s `peak_file`).
+_PEAK_WRAPPER = """import atexit, runpy, sys
+out = sys.argv.pop(1)
+
+
+def write_peak():
+    with open("/proc/self/status") as fh:
+        kb = next(line.split()[1] for line in fh if line.startswith("VmHWM:"))
+    with open(out, "w") as fh:
+        fh.write(kb)
+
+
+atexit.register(write_peak)
+runpy.run_module("ds2_helpers", run_name="__main__", alter_sys=True)
+"""
+
+
+def _status_gb(pid: int, key: str) -> float:
+    """A memory line of /proc/<pid>/status (VmRSS, VmHWM) in GB; 0 once the process is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            return next(int(line.split()[1]) for line in fh if line.startswith(key + ":")) / 2**20
+    except (OSError, StopIteration, ValueError):
+        return 0.0
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below `pid` (children, their children, ...), from each process's parent in /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                with open(f"/proc/{entry.name}/stat") as fh:
+                    ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        found += kids
+        todo += kids
+    return found
+
+
+def run_measured(argv: list[str], log: Path, *, kill_when=None, peak_file: Path | None = None,
+                 interval: float = 0.5) -> dict:
+    """Run `argv` with its output in `log`: exit status, wall time and peak resident memory (GB) of its process
+    tree. The peak is the larger of the process's own (`peak_file`, which it writes as it exits, else its VmHWM
+    as last read) and, sampled every `interval` seconds, its resident memory plus each descendant's peak (the
+    probes `plan` and `train`'s preflight run in their own processes). Not `wait4`'s ru_maxrss: a child's starts
+    from what its parent held when it was started, so it would count this process's memory too.
+    `kill_when()` is polled as often; when true the process is killed with SIGKILL (a crash rehearsal)."""
     t0 = time.perf_counter()
+    own = tree = 0.0
     with open(log, "w") as fh:
-        proc = subprocess.Popen([sys.executable, "-m", "ds2_helpers", *args], stdout=fh, stderr=subprocess.STDOUT,
-                                env=env)
+        proc = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT,
+                                env=dict(os.environ, GLOG_v="3", PYTHONWARNINGS="ignore"))
         killed = False
         while True:
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            pid, status = os.waitpid(proc.pid, os.WNOHANG)
             if pid:
                 break
+            own = max(own, _status_gb(proc.pid, "VmHWM"))
+            tree = max(tree, _status_gb(proc.pid, "VmRSS") + sum(_status_gb(d, "VmHWM")
+                                                                 for d in _descendants(proc.pid)))
             if kill_when is not None and not killed and kill_when():
                 os.kill(proc.pid, signal.SIGKILL)
                 killed = True
-            time.sleep(1.0)
-    code = os.waitstatus_to_exitcode(status)
-    result = {"step": name, "command": "python -m ds2_helpers " + " ".join(args), "exit_code": code,
-              "killed": killed, "seconds": round(time.perf_counter() - t0, 1),
-              "peak_rss_gb": round(usage.ru_maxrss / 2**20, 2), "log": str(log)}
-    if code != 0 and not killed:
+            time.sleep(interval)
+    if peak_file is not None and peak_file.exists():
+        own = int(peak_file.read_text()) / 2**20
+        peak_file.unlink()
+    return {"exit_code": os.waitstatus_to_exitcode(status), "killed": killed,
+            "seconds": round(time.perf_counter() - t0, 1), "peak_rss_gb": round(max(own, tree), 2)}
+
+
+def run_step(name: str, args: list[str], log: Path, *, kill_when=None) -> dict:
+    """Run `python -m ds2_helpers <args>` (`run_measured`); a failure raises with the last lines of its log."""
+    peak_file = log.with_name(log.name + ".peak")
+    peak_file.unlink(missing_ok=True)
+    measured = run_measured([sys.executable, "-c", _PEAK_WRAPPER, str(peak_file), *args], log,
+                            kill_when=kill_when, peak_file=peak_file)
+    result = {"step": name, "command": "python -m ds2_helpers " + " ".join(args), **measured, "log": str(log)}
+    if measured["exit_code"] != 0 and not measured["killed"]:
         tail = [l for l in log.read_text().splitlines() if l.strip()][-3:]
-        raise RuntimeError(f"rehearsal step {name!r} failed (exit {code}): " + " | ".join(tail))
+        raise RuntimeError(f"rehearsal step {name!r} failed (exit {measured['exit_code']}): " + " | ".join(tail))
     return result
 
 

@@ -77,8 +77,11 @@ def test_inference_harness_rows_and_chart(tmp_path):
     """One quick row in its own process (the MindIR, timed beside the checkpoint's compiled network), then the
     table, files and chart from it."""
     cfg = inference_bench.InferenceConfig("mini: batch 1, MindIR", "mini", "mindir", seconds=1.0, utterances=2)
+    ballast = np.ones(2 * 2**30 // 8)  # 2 GiB resident in this process: a child's ru_maxrss would inherit it
     result = inference_bench.run_isolated(cfg, timeout=600)
+    del ballast
     assert "error" not in result, result
+    assert 100 < result["peak_rss_mb"] < 1500, result  # the child's own peak (VmHWM), not this process's
     assert result["audio_seconds"] == pytest.approx(2 * 1.01) and result["batches"] == 2 and result["rtf"] > 0
     # the two networks ran the same utterances in one process: a ratio, not a missed factor or a zero
     assert result["checkpoint_rtf"] > 0 and 0.1 < result["time_vs_checkpoint"] < 10, result

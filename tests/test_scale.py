@@ -128,6 +128,42 @@ def test_memory_stays_flat_over_an_epoch_of_long_utterances(long_corpus, tmp_pat
     assert peaks["4n"] - peaks["n"] <= allowed, peaks
 
 
+def test_rehearsal_step_peak_is_the_childs_own(tmp_path):
+    """A child's wait4 peak would start from what this process holds (2 GiB here); run_step reports the child's
+    own VmHWM, and a failing step raises with the error line."""
+    import numpy as np
+
+    from ds2_helpers.rehearse import run_step
+
+    ballast = np.ones(2 * 2**30 // 8)
+    result = run_step("help", ["plan", "--help"], tmp_path / "help.log")
+    assert result["exit_code"] == 0 and 0 < result["peak_rss_gb"] < 0.5, result
+    assert "--manifest" in (tmp_path / "help.log").read_text()
+    with pytest.raises(RuntimeError, match="invalid choice: 'nope'"):
+        run_step("bad", ["plan", "--preset", "nope"], tmp_path / "bad.log")
+    del ballast
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.log", "help.log"]  # no peak files left
+
+
+def test_a_commands_peak_includes_the_processes_it_starts(tmp_path):
+    """`plan` measures in child processes: a command's peak counts a child that holds 1 GiB for 2 s while the
+    command itself stays small; a command killed on request reports its own peak as last read."""
+    import sys
+
+    from ds2_helpers.rehearse import run_measured
+
+    child = "import numpy, time; a = numpy.ones(2**30 // 8); time.sleep(2)"
+    parent = f"import subprocess, sys; subprocess.run([sys.executable, '-c', {child!r}], check=True)"
+    result = run_measured([sys.executable, "-c", parent], tmp_path / "tree.log", interval=0.2)
+    assert result["exit_code"] == 0 and 1.0 <= result["peak_rss_gb"] < 1.3, result
+    flag = tmp_path / "allocated"
+    holder = f"import numpy, time; a = numpy.ones(2**30 // 8); open({str(flag)!r}, 'w').close(); time.sleep(30)"
+    killed = run_measured([sys.executable, "-c", holder], tmp_path / "kill.log", interval=0.2,
+                          kill_when=flag.exists)
+    assert killed["killed"] and killed["exit_code"] == -9 and 1.0 <= killed["peak_rss_gb"] < 1.3, killed
+    assert killed["seconds"] < 20
+
+
 def test_preflight_fails_early_with_the_fix():
     with pytest.raises(PreflightError, match="--batch-seconds"):
         preflight("mini", 2, 300, conv="matmul", memory_gb=0.3)
