@@ -29,6 +29,12 @@ def pinned_requirements(python: str | None = None) -> dict[str, str]:
     return pins
 
 
+def pip_fix(name: str, *more: str) -> str:
+    """The one-line fix for a missing or wrong package: its pinned version (plus any `more` specs), or make venv."""
+    specs = [f"'{name}=={pinned_requirements().get(name, '')}'", *(f"'{m}'" for m in more)]
+    return f"pip install {' '.join(specs)} (or: make venv)"
+
+
 def package_report():
     """A table of each pinned package: wanted, installed, and the fix when they differ."""
     import pandas as pd
@@ -41,7 +47,7 @@ def package_report():
             have = None
         ok = have == wanted
         rows.append({"package": name, "pinned": wanted, "installed": have or "missing", "ok": ok,
-                     "fix": "" if ok else f"pip install '{name}=={wanted}'  (or: make venv)"})
+                     "fix": "" if ok else pip_fix(name)})
     return pd.DataFrame(rows)
 
 
@@ -93,9 +99,8 @@ def mindspore_check() -> dict[str, object]:
         import mindspore as ms
         from mindspore import nn, ops
     except Exception as exc:  # not installed, or a binary that cannot load (NumPy 2 breaks MindSpore 2.10's)
-        pin = pinned_requirements().get("mindspore", "")
         out["problem"] = (f"MindSpore does not import ({type(exc).__name__}: {str(exc).splitlines()[0][:120]}): "
-                          f"pip install 'mindspore=={pin}' 'numpy<2' (or: make venv), then restart the kernel")
+                          f"{pip_fix('mindspore', 'numpy<2')}, then restart the kernel")
         return out
     out = {"mindspore": ms.__version__, **out}
     if int(np.__version__.split(".")[0]) >= 2:
@@ -127,6 +132,5 @@ def espeak_check() -> dict[str, object]:
         engine = Espeak.get()
         audio = engine.synthesize("hello", Voice("en+f2"))
     except (ImportError, OSError, SynthesisError) as exc:
-        pin = pinned_requirements().get("espeakng-loader", "")
-        return {"problem": f"espeak-ng cannot speak ({exc}): pip install 'espeakng-loader=={pin}' (or: make venv)"}
+        return {"problem": f"espeak-ng cannot speak ({exc}): {pip_fix('espeakng-loader')}"}
     return {"espeak sample rate": engine.sample_rate, "seconds for 'hello'": round(len(audio) / engine.sample_rate, 2)}

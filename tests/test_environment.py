@@ -37,6 +37,17 @@ def test_installed_packages_match_the_pins():
     assert report.ok.all(), report[~report.ok].to_string()
 
 
+def test_a_wrong_package_gets_the_pinned_fix(monkeypatch):
+    """A package installed at another version gets one fix line: its pin, or make venv."""
+    pin = environment.pinned_requirements()["jiwer"]
+    monkeypatch.setattr(environment.md, "version", lambda name: "0.0.1" if name == "jiwer" else pin)
+    report = environment.package_report().set_index("package")
+    assert not report.loc["jiwer", "ok"] and report.loc["jiwer", "installed"] == "0.0.1"
+    assert report.loc["jiwer", "fix"] == f"pip install 'jiwer=={pin}' (or: make venv)"
+    assert environment.pip_fix("mindspore", "numpy<2") == (
+        f"pip install 'mindspore=={environment.pinned_requirements()['mindspore']}' 'numpy<2' (or: make venv)")
+
+
 def test_mindspore_and_espeak_run_here():
     ms = environment.mindspore_check()
     assert ms["graph ok"] and ms["pynative ok"] and "problem" not in ms
