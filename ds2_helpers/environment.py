@@ -31,7 +31,8 @@ def pinned_requirements(python: str | None = None) -> dict[str, str]:
 
 def pip_fix(name: str, *more: str) -> str:
     """The one-line fix for a missing or wrong package: its pinned version (plus any `more` specs), or make venv."""
-    specs = [f"'{name}=={pinned_requirements().get(name, '')}'", *(f"'{m}'" for m in more)]
+    pin = pinned_requirements().get(name)
+    specs = [f"'{name}=={pin}'" if pin else f"'{name}'", *(f"'{m}'" for m in more)]
     return f"pip install {' '.join(specs)} (or: make venv)"
 
 

@@ -226,6 +226,13 @@ def table(run: dict):
     return frame[cols]
 
 
+def styled(frame):
+    """`table`'s frame for display: three significant digits, whole megabytes for the peak."""
+    floats = [c for c in frame.select_dtypes("float").columns if c != "peak_rss_mb"]
+    whole = [c for c in ["peak_rss_mb"] if c in frame]  # absent when every row failed
+    return frame.style.format("{:.3g}", subset=floats, na_rep="").format("{:,.0f}", subset=whole, na_rep="")
+
+
 def write(run: dict, out: str | Path) -> dict[str, Path]:
     """inference.json, inference.csv and inference.png in `out` (`atomic.write_report`)."""
     from ds2_helpers.atomic import write_report

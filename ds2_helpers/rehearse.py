@@ -1,8 +1,9 @@
 """The course's real job, rehearsed end to end on a LibriSpeech-shaped corpus, as a student would run it.
 
-Every step is the real command in its own process (`python -m ds2_helpers ...`), timed, with its peak memory:
-plan, train (preflight, then steps, killed once a checkpoint exists), train --resume to the end, evaluation
-of the longest test utterances, export. The summary is JSON (data/rehearsal_reference_2core.json holds the
+Every step is the real command in its own process (`python -m ds2_helpers ...`, started through `_PEAK_WRAPPER`,
+which records the process's peak memory as it exits), timed, with its peak memory: plan, train (preflight, then
+steps, killed once a checkpoint exists), train --resume to the end, evaluation of the longest test utterances,
+export. The summary is JSON (data/rehearsal_reference_2core.json holds the
 full run on the reference machine)."""
 
 from __future__ import annotations
@@ -94,30 +95,46 @@ def run_measured(argv: list[str], log: Path, *, kill_when=None, peak_file: Path 
                  interval: float = 0.5) -> dict:
     """Run `argv` with its output in `log`: exit status, wall time and peak resident memory (GB) of its process
     tree. The peak is the larger of the process's own (`peak_file`, which it writes as it exits, else its VmHWM
-    as last read) and, sampled every `interval` seconds, its resident memory plus each descendant's peak (the
-    probes `plan` and `train`'s preflight run in their own processes). Not `wait4`'s ru_maxrss: a child's starts
-    from what its parent held when it was started, so it would count this process's memory too.
-    `kill_when()` is polled as often; when true the process is killed with SIGKILL (a crash rehearsal)."""
+    as last sampled) and, sampled every `interval` seconds, its resident memory plus each descendant's peak so
+    far (the probes `plan` and `train`'s preflight run in their own processes; a descendant's last `interval`
+    before it exits is not seen). Not `wait4`'s ru_maxrss: a child's starts from what its parent held when it
+    was started, so it would count this process's memory too. `kill_when()` is polled as often; when true the
+    process is sampled once more and killed with SIGKILL (a crash rehearsal). If this process is interrupted,
+    the command is killed too."""
     t0 = time.perf_counter()
     own = tree = 0.0
+
+    def sample(pid):
+        nonlocal own, tree
+        own = max(own, _status_gb(pid, "VmHWM"))
+        tree = max(tree, _status_gb(pid, "VmRSS") + sum(_status_gb(d, "VmHWM") for d in _descendants(pid)))
+
     with open(log, "w") as fh:
         proc = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT,
                                 env=dict(os.environ, GLOG_v="3", PYTHONWARNINGS="ignore"))
         killed = False
-        while True:
-            pid, status = os.waitpid(proc.pid, os.WNOHANG)
-            if pid:
-                break
-            own = max(own, _status_gb(proc.pid, "VmHWM"))
-            tree = max(tree, _status_gb(proc.pid, "VmRSS") + sum(_status_gb(d, "VmHWM")
-                                                                 for d in _descendants(proc.pid)))
-            if kill_when is not None and not killed and kill_when():
-                os.kill(proc.pid, signal.SIGKILL)
-                killed = True
-            time.sleep(interval)
-    if peak_file is not None and peak_file.exists():
-        own = int(peak_file.read_text()) / 2**20
-        peak_file.unlink()
+        try:
+            while True:
+                pid, status = os.waitpid(proc.pid, os.WNOHANG)
+                if pid:
+                    break
+                sample(proc.pid)
+                if kill_when is not None and not killed and kill_when():
+                    sample(proc.pid)  # what it grew to since the sample above counts
+                    os.kill(proc.pid, signal.SIGKILL)
+                    killed = True
+                time.sleep(interval)
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        finally:
+            if peak_file is not None:
+                try:
+                    own = max(own, int(peak_file.read_text()) / 2**20)
+                except (OSError, ValueError):  # not written (killed), or cut short
+                    pass
+                peak_file.unlink(missing_ok=True)
     return {"exit_code": os.waitstatus_to_exitcode(status), "killed": killed,
             "seconds": round(time.perf_counter() - t0, 1), "peak_rss_gb": round(max(own, tree), 2)}
 

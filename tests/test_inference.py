@@ -94,6 +94,8 @@ def test_inference_harness_rows_and_chart(tmp_path):
     paths = inference_bench.write(run, tmp_path)
     assert {p.name for p in tmp_path.iterdir()} == {"inference.json", "inference.csv", "inference.png"}
     assert len(inference_bench.table(run)) == 2 and paths["png"].stat().st_size > 0
+    shown = inference_bench.styled(inference_bench.table(run)).to_string()
+    assert f"{row['peak_rss_mb']:,.0f}" in shown and "e+" not in shown  # whole megabytes, not 2.27e+03
     from ds2_helpers.charts import inference_chart
 
     ax = inference_chart(run).axes[0]

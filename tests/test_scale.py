@@ -164,6 +164,29 @@ def test_a_commands_peak_includes_the_processes_it_starts(tmp_path):
     assert killed["seconds"] < 20
 
 
+def test_an_interrupted_rehearsal_kills_its_command(tmp_path):
+    """Interrupting the driver (a notebook's stop button) kills the command it runs and leaves no peak file."""
+    import os
+    import sys
+
+    from ds2_helpers.rehearse import run_measured
+
+    pid_file, peak_file = tmp_path / "pid", tmp_path / "cmd.log.peak"
+    holder = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(60)"
+
+    def interrupt():
+        if pid_file.exists() and pid_file.read_text():
+            raise KeyboardInterrupt
+        return False
+
+    with pytest.raises(KeyboardInterrupt):
+        run_measured([sys.executable, "-c", holder], tmp_path / "cmd.log", kill_when=interrupt, peak_file=peak_file,
+                     interval=0.2)
+    with pytest.raises(ProcessLookupError):
+        os.kill(int(pid_file.read_text()), 0)
+    assert not peak_file.exists()
+
+
 def test_preflight_fails_early_with_the_fix():
     with pytest.raises(PreflightError, match="--batch-seconds"):
         preflight("mini", 2, 300, conv="matmul", memory_gb=0.3)
