@@ -96,7 +96,8 @@ def run_one(cfg: BenchConfig, *, steps: int = 3, warmup: int = 1) -> dict:
     import mindspore as ms
 
     from ds2_helpers.config import train_preset
-    from ds2_helpers.train import Trainer, peak_gb, reset_peak, resident_gb
+    from ds2_helpers.memory import peak_gb, reset_peak, resident_gb
+    from ds2_helpers.train import Trainer
 
     if cfg.device != "CPU":
         ms.set_device(cfg.device)

@@ -86,7 +86,7 @@ def run_one(cfg: InferenceConfig) -> dict:
     from ds2_helpers.export import ExportedModel, export_mindir
     from ds2_helpers.inference import forward, warm_up
     from ds2_helpers.model import DeepSpeech2
-    from ds2_helpers.train import peak_gb
+    from ds2_helpers.memory import peak_gb
 
     ms.set_context(mode=ms.PYNATIVE_MODE)
     model_cfg = model_preset(cfg.preset, conv=cfg.conv)

@@ -3,8 +3,7 @@
 Every step is the real command in its own process (`python -m ds2_helpers ...`, started through `_PEAK_WRAPPER`,
 which records the process's peak memory as it exits), timed, with its peak memory: plan, train (preflight, then
 steps, killed once a checkpoint exists), train --resume to the end, evaluation of the longest test utterances,
-export. The summary is JSON (data/rehearsal_reference_2core.json holds the
-full run on the reference machine)."""
+export. The summary is JSON (data/rehearsal_reference_2core.json holds the full run on the reference machine)."""
 
 from __future__ import annotations
 
@@ -23,6 +22,7 @@ import pandas as pd
 from ds2_helpers.atomic import atomic_write_text
 from ds2_helpers.bench import provenance
 from ds2_helpers.config import ParameterError
+from ds2_helpers.memory import descendants, status_gb
 
 
 @dataclass(frozen=True)
@@ -45,50 +45,21 @@ class RehearsalConfig:
                    longest=2, conv="matmul")
 
 
-#: Runs `python -m ds2_helpers ...` and, as it exits, writes its own peak resident memory (VmHWM, kB) to the file
-#: named by its first argument (`run_measured`'s `peak_file`).
+#: Runs `python -m ds2_helpers ...` and, as it exits, writes its own peak resident memory (GB) to the file named by
+#: its first argument (`run_measured`'s `peak_file`).
 _PEAK_WRAPPER = """import atexit, runpy, sys
+from ds2_helpers.memory import peak_gb
 out = sys.argv.pop(1)
 
 
 def write_peak():
-    with open("/proc/self/status") as fh:
-        kb = next(line.split()[1] for line in fh if line.startswith("VmHWM:"))
     with open(out, "w") as fh:
-        fh.write(kb)
+        fh.write(repr(peak_gb()))
 
 
 atexit.register(write_peak)
 runpy.run_module("ds2_helpers", run_name="__main__", alter_sys=True)
 """
-
-
-def _status_gb(pid: int, key: str) -> float:
-    """A memory line of /proc/<pid>/status (VmRSS, VmHWM) in GB; 0 once the process is gone."""
-    try:
-        with open(f"/proc/{pid}/status") as fh:
-            return next(int(line.split()[1]) for line in fh if line.startswith(key + ":")) / 2**20
-    except (OSError, StopIteration, ValueError):
-        return 0.0
-
-
-def _descendants(pid: int) -> list[int]:
-    """Every process below `pid` (children, their children, ...), from each process's parent in /proc."""
-    children: dict[int, list[int]] = {}
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            try:
-                with open(f"/proc/{entry.name}/stat") as fh:
-                    ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    found, todo = [], [pid]
-    while todo:
-        kids = children.get(todo.pop(), [])
-        found += kids
-        todo += kids
-    return found
 
 
 def run_measured(argv: list[str], log: Path, *, kill_when=None, peak_file: Path | None = None,
@@ -106,8 +77,8 @@ def run_measured(argv: list[str], log: Path, *, kill_when=None, peak_file: Path 
 
     def sample(pid):
         nonlocal own, tree
-        own = max(own, _status_gb(pid, "VmHWM"))
-        tree = max(tree, _status_gb(pid, "VmRSS") + sum(_status_gb(d, "VmHWM") for d in _descendants(pid)))
+        own = max(own, status_gb("VmHWM", pid))
+        tree = max(tree, status_gb("VmRSS", pid) + sum(status_gb("VmHWM", d) for d in descendants(pid)))
 
     with open(log, "w") as fh:
         proc = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT,
@@ -131,7 +102,7 @@ def run_measured(argv: list[str], log: Path, *, kill_when=None, peak_file: Path 
         finally:
             if peak_file is not None:
                 try:
-                    own = max(own, int(peak_file.read_text()) / 2**20)
+                    own = max(own, float(peak_file.read_text()))
                 except (OSError, ValueError):  # not written (killed), or cut short
                     pass
                 peak_file.unlink(missing_ok=True)

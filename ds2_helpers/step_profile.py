@@ -108,7 +108,8 @@ def run_part(cfg: PartConfig, *, steps: int = 2, warmup: int = 1) -> dict:
 
     from ds2_helpers.config import model_preset
     from ds2_helpers.model import DeepSpeech2
-    from ds2_helpers.train import peak_gb, reset_peak, resident_gb, set_seed
+    from ds2_helpers.memory import peak_gb, reset_peak, resident_gb
+    from ds2_helpers.train import set_seed
 
     ms.set_context(mode=ms.GRAPH_MODE)
     set_seed(0)

@@ -17,6 +17,7 @@ from ds2_helpers.config import ModelConfig, ParameterError, SpectConfig, TrainCo
 from ds2_helpers.dataset import Batch, SpeechData, make_batches, padded_seconds, shard
 from ds2_helpers.labels import BLANK_INDEX
 from ds2_helpers.layerwise import LayerwiseStep
+from ds2_helpers.memory import resident_gb
 from ds2_helpers.micro_batch import AccumulatingStep
 from ds2_helpers.model import DeepSpeech2, freeze
 from ds2_helpers.optimizers import Update, build_optimizer, set_learning_rate
@@ -111,40 +112,6 @@ def release_memory() -> None:
     (data/memory_shapes_reference_2core.json, notebook 07). It costs time: the next step allocates again, so
     `Trainer` calls it only when memory has grown by `TrainConfig.memory_slack` since the last release."""
     ms.ms_memory_recycle()
-
-
-def resident_gb() -> float:
-    """This process's resident memory now (GB), from /proc (0 where there is none)."""
-    try:
-        with open("/proc/self/statm") as fh:
-            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**30
-    except OSError:
-        return 0.0
-
-
-def reset_peak() -> bool:
-    """Restart the kernel's count of this process's peak resident memory (Linux: /proc/self/clear_refs), so that
-    the peak read afterwards is the measured part's, not import's or the network build's. False where unsupported."""
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def peak_gb() -> float:
-    """Peak resident memory of this process (GB): VmHWM since the last `reset_peak`, else since it started."""
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 2**20
-    except OSError:
-        pass
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
 annealed_lr = _annealed_lr  # the per-epoch anneal, importable from here as before (schedules.lr_at's "anneal")

@@ -114,7 +114,8 @@ _PEAK = """
 import json, sys
 import numpy as np
 from ds2_helpers import bench
-from ds2_helpers.train import Trainer, peak_gb, reset_peak, resident_gb
+from ds2_helpers.memory import peak_gb, reset_peak, resident_gb
+from ds2_helpers.train import Trainer
 from ds2_helpers.config import ModelConfig, TrainConfig
 import tempfile
 cfg = bench.BenchConfig(name="peak", preset="mini", batch_size=16, seconds=6.0)

@@ -121,7 +121,7 @@ import numpy as np
 import mindspore as ms
 from mindspore import nn, ops
 from ds2_helpers import micro_batch
-from ds2_helpers.train import resident_gb
+from ds2_helpers.memory import resident_gb
 ms.set_context(mode=ms.GRAPH_MODE)
 if sys.argv[1] == "where":  # the fold written before: a NaN-safe reset by ops.where and a zero tensor
     def fold(share, keep, acc, grad):

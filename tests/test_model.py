@@ -221,7 +221,7 @@ import numpy as np
 import mindspore as ms
 from mindspore import nn
 from ds2_helpers import model
-from ds2_helpers.train import peak_gb, reset_peak, resident_gb
+from ds2_helpers.memory import peak_gb, reset_peak, resident_gb
 ms.set_context(mode=ms.GRAPH_MODE)
 if sys.argv[1] == "broadcast":
     model.expand = lambda small, like: small  # let each operation broadcast it

@@ -267,7 +267,7 @@ import numpy as np
 import mindspore as ms
 from mindspore import nn, ops
 from ds2_helpers import optimizers
-from ds2_helpers.train import peak_gb, reset_peak, resident_gb
+from ds2_helpers.memory import peak_gb, reset_peak, resident_gb
 ms.set_context(mode=ms.GRAPH_MODE)
 if sys.argv[1] == "mindspore":
     optimizers.clip_by_global_norm = lambda grads, max_norm, hyper_map=None: ops.clip_by_global_norm(grads, max_norm)

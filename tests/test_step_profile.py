@@ -8,7 +8,7 @@ import pytest
 from ds2_helpers import bench, step_profile
 from ds2_helpers.model import training_flops_per_audio_second
 from ds2_helpers.config import model_preset
-from ds2_helpers.train import peak_gb, reset_peak, resident_gb
+from ds2_helpers.memory import peak_gb, reset_peak, resident_gb
 
 
 def test_the_parts_floors_add_up_to_the_whole_steps():
