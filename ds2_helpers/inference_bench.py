@@ -215,11 +215,12 @@ def strictest(before: dict, after: dict) -> dict:
 
 
 def table(run: dict):
-    """One row per configuration: RTF, the bound and the share of it reached."""
+    """One row per configuration: RTF, the FLOP floor, the W_hh traffic, the roofline (`inference.bounds`) and the
+    share of it reached."""
     import pandas as pd
 
     frame = pd.DataFrame(run["results"])
-    cols = [c for c in ["name", "rtf", "flop_rtf", "memory_rtf", "bound", "percent_of_bound",
+    cols = [c for c in ["name", "rtf", "flop_rtf", "memory_rtf", "bound_rtf", "bound", "percent_of_bound",
                         "percent_of_flop_floor", "percent_of_mindspore_floor", "time_vs_checkpoint", "mean_batch",
                         "compile_seconds", "peak_rss_mb", "error"]
             if c in frame]

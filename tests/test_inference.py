@@ -62,9 +62,19 @@ def test_roofline_arithmetic():
     flops = inference.forward_flops_per_audio_second(paper)
     b = inference.bounds(paper, 1, sgemm_gflops=flops / 1e9, read_gbps=1000.0)  # FLOPs take 1 s, memory 8.4 ms
     assert b["flop_rtf"] == pytest.approx(1.0) and b["bound_rtf"] == pytest.approx(1.0) and b["bound"] == "FLOPs"
-    b = inference.bounds(paper, 1, sgemm_gflops=1e6, read_gbps=8.388608)
-    assert b["memory_rtf"] == pytest.approx(1.0) and b["bound_rtf"] == pytest.approx(1.0)
-    assert b["bound"].startswith("memory")
+    b = inference.bounds(paper, 1, sgemm_gflops=1e6, read_gbps=8.388608)  # FLOPs take ~1e-5 s, memory 1 s
+    assert b["memory_rtf"] == pytest.approx(1.0) and b["bound_rtf"] == pytest.approx(1.0, abs=1e-4)
+    assert b["bound"] == "FLOPs + W_hh traffic"
+    # the products with W_hh: 5 layers x 2 directions x 2 FLOPs x 4H x H, 50 output frames a second (4.2 GFLOP)
+    recurrent = inference.recurrent_flops_per_audio_second(paper)
+    assert recurrent == pytest.approx(5 * 2 * 2 * 4 * 1024 ** 2 * 50)
+    assert 0.3 < recurrent / flops < 0.6  # the rest: LSTM input products, convolutions, dense
+    # batch 10 at 55 GB/s and 380 GFLOP/s: the rest at the rate, plus the traffic (longer than the recurrence's FLOPs)
+    b = inference.bounds(paper, 10, sgemm_gflops=380.0, read_gbps=55.0)
+    traffic = 5 * 2 * 16.777216e6 * 50 / 10 / 55e9
+    assert traffic > recurrent / 380e9 and b["bound"] == "FLOPs + W_hh traffic"
+    assert b["bound_rtf"] == pytest.approx((flops - recurrent) / 380e9 + traffic)
+    assert b["bound_rtf"] > max(b["flop_rtf"], b["memory_rtf"])  # tighter than either bound alone
 
 
 def test_weight_read_rates_are_measured_three_ways():
