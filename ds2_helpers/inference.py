@@ -7,15 +7,16 @@ the compilation on tiny inputs before anything is timed.
 
 The bounds (a roofline): the forward pass costs FLOPs (the architecture table's) and memory traffic. Every LSTM
 step multiplies the batch's hidden vectors by W_hh (4H x H floats, 16.8 MB per direction and layer for `paper`),
-so the weights stream through once per output frame, whatever the batch: `recurrent_bytes_per_audio_second`. The machine's two rates are
-measured in the same run: sgemm (NumPy and MindSpore, the better one) and the fastest rate at which anything
-measured here streams a W_hh-sized matrix through the recurrence (`weight_read_gbytes`: NumPy's or MindSpore's
-matrix-vector product, or MindSpore's own LSTM kernel stepping one utterance; which is fastest differs between
-hosts and runs, data/inference_reference_2core.json records all three). The parts run one after another, so
-their times add: the convolutions, the LSTMs' input products and the dense layer at the sgemm rate, and the
-recurrence (the products with W_hh, one per frame) at the slower of its FLOPs and its W_hh traffic. At batch 1 the
-traffic binds; at evaluate's batches of about ten utterances it still takes longer than the recurrence's FLOPs
-on the reference host, so neither bound alone is the roofline: `bounds` reports all three.
+so the weights stream through once per output frame, whatever the batch: `recurrent_bytes_per_audio_second`.
+The machine's two rates are measured in the same run: sgemm (NumPy and MindSpore, the better one) and the
+fastest rate at which anything measured here streams a W_hh-sized matrix through the recurrence
+(`weight_read_gbytes`: NumPy's or MindSpore's matrix-vector product, or MindSpore's own LSTM kernel stepping one
+utterance; which is fastest differs between hosts and runs, data/inference_reference_2core.json records all
+three). The parts run one after another, so their times add: the convolutions, the LSTMs' input products and
+the dense layer at the sgemm rate, and the recurrence (the products with W_hh, one per frame) at the slower of
+its FLOPs and its W_hh traffic. For `paper` the traffic is the slower at batch 1 and still, on the reference
+host, at evaluate's batches of about ten utterances, so neither bound alone is the roofline: `bounds` reports
+all three.
 """
 
 from __future__ import annotations
@@ -129,7 +130,8 @@ def bounds(cfg, batch: int, sgemm_gflops: float, read_gbps: float) -> dict:
     """The roofline for one configuration, in seconds of compute per audio second (= the best possible RTF):
     `flop_rtf` all the FLOPs at the sgemm rate (the FLOP floor), `memory_rtf` the W_hh traffic alone, and
     `bound_rtf` the parts added up: everything but the recurrence at the sgemm rate, plus the recurrence at the
-    slower of its FLOPs and its traffic. `bound` names what binds the recurrence."""
+    slower of its FLOPs and its traffic. `bound` is "FLOPs" where the recurrence's FLOPs outlast its traffic,
+    else "FLOPs + W_hh traffic"."""
     rate = sgemm_gflops * 1e9
     flop_rtf = forward_flops_per_audio_second(cfg) / rate
     recurrent_rtf = recurrent_flops_per_audio_second(cfg) / rate

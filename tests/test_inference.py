@@ -69,6 +69,7 @@ def test_roofline_arithmetic():
     recurrent = inference.recurrent_flops_per_audio_second(paper)
     assert recurrent == pytest.approx(5 * 2 * 2 * 4 * 1024 ** 2 * 50)
     assert 0.3 < recurrent / flops < 0.6  # the rest: LSTM input products, convolutions, dense
+    assert inference.recurrent_flops_per_audio_second(gru) == pytest.approx(2 * 2 * 3 * 100 * 50)  # 3H x H a step
     # batch 10 at 55 GB/s and 380 GFLOP/s: the rest at the rate, plus the traffic (longer than the recurrence's FLOPs)
     b = inference.bounds(paper, 10, sgemm_gflops=380.0, read_gbps=55.0)
     traffic = 5 * 2 * 16.777216e6 * 50 / 10 / 55e9
