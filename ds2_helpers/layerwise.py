@@ -225,7 +225,11 @@ class LayerwiseStep:
     def _free(result):
         """`result` once its graph has run and the memory MindSpore kept for that graph is given back: each graph
         keeps its own buffers (paper, 16 x 12.7 s: a 10.2 GB peak without this in a probe, 7.4 GB with it in
-        data/layerwise_reference_2core.json)."""
+        data/layerwise_reference_2core.json). It discards the compiled graphs too, so every graph compiles again
+        on its next call: paper at batch 4 x 6.4 s, 14 compilations and about 6 s of a 21 s step (probe). Giving
+        the memory back only between different graphs (the RNN layers of one size run one after another) cut
+        that to 8 compilations and 4.9 s, but raised the peak at 16 x 12.7 s from 6.5 to 7.5 GB, for no
+        measurable change in the step's time (probe, one process each)."""
         ms.ms_memory_recycle()
         return result
 
