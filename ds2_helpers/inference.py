@@ -67,19 +67,23 @@ def forward_flops_per_audio_second(cfg) -> float:
     return 1e9 * float(architecture_table(cfg)["forward GFLOP/s-audio"].sum())
 
 
+def _w_hh_entries_per_audio_second(cfg) -> float:
+    """Entries of W_hh ([gates*H, H]) each second of audio passes through: every output frame, both directions
+    of every layer (100 input frames a second)."""
+    frames = float(output_lengths(100))
+    return cfg.hidden_layers * 2 * cfg.rnn_gates * cfg.hidden_size * cfg.hidden_size * frames
+
+
 def recurrent_flops_per_audio_second(cfg) -> float:
-    """The forward FLOPs of the products with W_hh (part of the architecture table's LSTM rows): every output
-    frame, both directions of every layer, a [gates*H, H] matrix times a hidden vector."""
-    frames = float(output_lengths(100))  # output frames per audio second (100 input frames)
-    return cfg.hidden_layers * 2 * 2.0 * cfg.rnn_gates * cfg.hidden_size * cfg.hidden_size * frames
+    """The forward FLOPs of the products with W_hh (part of the architecture table's LSTM rows): a multiply-add
+    per entry for each utterance's hidden vector."""
+    return 2.0 * _w_hh_entries_per_audio_second(cfg)
 
 
 def recurrent_bytes_per_audio_second(cfg, batch: int = 1) -> float:
     """Bytes of W_hh read per second of audio: every output frame (both directions, every layer) reads the
-    whole recurrent matrix once for the `batch` utterances it steps together."""
-    gates = cfg.rnn_gates
-    frames = float(output_lengths(100))  # output frames per audio second (100 input frames)
-    return cfg.hidden_layers * 2 * gates * cfg.hidden_size * cfg.hidden_size * 4 * frames / batch
+    whole recurrent matrix (float32) once for the `batch` utterances it steps together."""
+    return 4.0 * _w_hh_entries_per_audio_second(cfg) / batch
 
 
 def weight_read_gbytes(cfg, repeats: int = 200, frames: int = 200) -> dict[str, float]:

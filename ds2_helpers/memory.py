@@ -19,11 +19,7 @@ def status_gb(key: str, pid: int | str = "self") -> float:
 
 def resident_gb() -> float:
     """This process's resident memory now (GB), from /proc (0 where there is none)."""
-    try:
-        with open("/proc/self/statm") as fh:
-            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**30
-    except OSError:
-        return 0.0
+    return status_gb("VmRSS")
 
 
 def reset_peak() -> bool:
